@@ -1,0 +1,288 @@
+//! Validated configuration: the typed form of `proxy.toml`.
+//!
+//! `load` reads the file, interpolates `${ENV}` values, deserialises it into the serde
+//! mirror in [`raw`], and turns that into the types below in [`validate`]. Every later
+//! stage trusts these values: addresses are parsed, durations are `Duration`s, header
+//! names are `HeaderName`s, routes point at existing upstreams by index.
+//!
+//! Nothing here does network IO. Loading reads files (config, and in `check` the
+//! certificates), so call it at start-up or from `spawn_blocking`.
+
+mod error;
+mod interpolate;
+mod locate;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use error::{ConfigError, ConfigErrors};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was loaded from (used for reload and in error messages).
+    pub source: PathBuf,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub timeouts: TimeoutsConfig,
+    pub limits: LimitsConfig,
+    pub session: SessionConfig,
+    pub inject: InjectConfig,
+    pub control: ControlConfig,
+    pub log: LogConfig,
+    /// In file order; `RouteConfig::upstream` indexes into this.
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// The text `source` held when this was loaded, for [`Config::error_at`]. Its `Debug`
+    /// is redacted: the text may hold secrets.
+    pub(crate) text: locate::SourceText,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub https: SocketAddr,
+    /// Plain HTTP listener that answers 308 to the https origin.
+    pub http: Option<SocketAddr>,
+    /// Admin listener (plain HTTP).
+    pub admin: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` we extend instead of replacing (`trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// A PEM certificate chain and its private key, as paths resolved against the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[tls]` and `[[tls.sni]]`
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub default: CertPaths,
+    /// Lower-cased hostnames (exact, or `*.example.com`) with their certificates.
+    pub sni: Vec<SniConfig>,
+}
+
+/// One `[[tls.sni]]` entry.
+#[derive(Debug, Clone)]
+pub struct SniConfig {
+    /// Lower-case; exact or starting with `*.`.
+    pub hostname: String,
+    pub certs: CertPaths,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Clone)]
+pub struct TimeoutsConfig {
+    /// TCP connect to an upstream server. Default 2s.
+    pub connect: Duration,
+    /// The client must send its request head within this. Default 10s.
+    pub header_read: Duration,
+    /// TLS handshake deadline (`tls_handshake`). Default 10s.
+    pub tls_handshake: Duration,
+    /// Upstream must answer (response head) within this. Default 30s.
+    pub upstream: Duration,
+    /// Keep-alive idle on a client connection. Default 60s.
+    pub client_idle: Duration,
+    /// Keep-alive idle of pooled upstream connections (`upstream_idle`). Default 30s.
+    pub upstream_idle: Duration,
+    /// How long in-flight requests may run after SIGTERM. Default 30s.
+    pub shutdown_grace: Duration,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Request head larger than this: 431. Default 16384; at least 8192 (hyper's minimum buffer).
+    pub max_header_bytes: usize,
+    /// Request body larger than this: 413. Default 10 MiB.
+    pub max_body_bytes: u64,
+    /// Concurrent client connections. Default 10000.
+    pub max_connections: usize,
+}
+
+/// `same_site` of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// Where sessions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis(RedisConfig),
+    Cookie,
+}
+
+/// `[session.redis]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+/// A secret value whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Cookie name; a valid RFC 6265 token. Default `__Host-cloakroom`.
+    pub cookie: String,
+    pub same_site: SameSite,
+    /// `Secure` attribute (`secure`, default true; must be true for `__Host-` and `same_site = "none"`).
+    pub secure: bool,
+    /// true: `Max-Age = absolute_timeout`; false: browser-session cookie.
+    pub persistent: bool,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub store: StoreKind,
+    /// None: a random secret per start (memory store only).
+    pub secret: Option<Secret>,
+    /// Bound of the memory store. Default 1_000_000.
+    pub max_sessions: usize,
+}
+
+/// `[inject]`: the request headers the upstream receives. `None` = not sent.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub id: Option<HeaderName>,
+    pub user: Option<HeaderName>,
+    pub roles: Option<HeaderName>,
+    pub data: Option<HeaderName>,
+    pub assertion: Option<HeaderName>,
+}
+
+/// `[control]`: response headers an upstream may send; never forwarded to the client.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub set_user: HeaderName,
+    pub set_roles: HeaderName,
+    pub set_data: HeaderName,
+    pub logout: HeaderName,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// One info line per request (`access`, default true).
+    pub access: bool,
+}
+
+/// `balance`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Random,
+}
+
+/// `affinity`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Affinity {
+    Sticky,
+    Hash,
+    None,
+}
+
+/// `on_pinned_down`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnPinnedDown {
+    Repin,
+    Fail,
+}
+
+/// One upstream server: `"127.0.0.1:9001"` or `{ addr = "...", weight = 2, drain = true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// As written (`host:port`); the stable identity of the server across reloads.
+    pub name: String,
+    /// Resolved at load time.
+    pub addr: SocketAddr,
+    /// Default 1; 1..=1000.
+    pub weight: u32,
+    /// No new sessions are pinned here; pinned ones stay.
+    pub drain: bool,
+}
+
+/// `[upstreams.NAME.health]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a server down (`fall`, default 2).
+    pub fall: u32,
+    /// Consecutive passes that mark it up again (`rise`, default 2).
+    pub rise: u32,
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub servers: Vec<ServerConfig>,
+    pub balance: Balance,
+    pub affinity: Affinity,
+    pub on_pinned_down: OnPinnedDown,
+    pub health: Option<HealthConfig>,
+}
+
+/// A route's host pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Lower-case host without port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com` (lower-case): matches any host ending in it.
+    Suffix(String),
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: Option<HostPattern>,
+    /// Starts with `/`.
+    pub path: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub session: bool,
+    pub csrf: bool,
+    pub require_user: bool,
+    pub login_url: Option<String>,
+    /// Overrides `timeouts.upstream`.
+    pub timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates `path`. Does not load certificates.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        validate::load(path)
+    }
+
+    /// Parses and validates `text` as if it were the file `path` (relative paths resolve
+    /// against `path`'s folder). `env` looks up `${VAR}`.
+    pub fn from_str_with_env(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        validate::parse(path, text, env)
+    }
+}

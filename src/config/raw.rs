@@ -1,0 +1,601 @@
+//! The serde mirror of `proxy.toml`.
+//!
+//! Every struct here matches one table of the file, field for field, with the documented
+//! defaults as named functions and `deny_unknown_fields` so a typo is an error, never a
+//! silently ignored key. Values stay close to the text (durations, addresses and header
+//! names are strings): turning them into typed values, and every rule, lives in
+//! `validate.rs`. `${ENV}` interpolation has already happened when these are filled.
+//!
+//! The only code here is two small deserialisers that keep good error messages: the
+//! `[upstreams]` map in file order, and a server written either as a string or a table.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) listen: RawListen,
+    /// Required; `None` gives a friendlier error than serde's "missing field".
+    pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) timeouts: RawTimeouts,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) session: RawSession,
+    #[serde(default)]
+    pub(super) inject: RawInject,
+    #[serde(default)]
+    pub(super) control: RawControl,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) upstreams: RawUpstreams,
+    #[serde(default)]
+    pub(super) routes: Vec<RawRoute>,
+}
+
+/// `[listen]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    #[serde(default = "default_https")]
+    pub(super) https: String,
+    pub(super) http: Option<String>,
+    pub(super) admin: Option<String>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<String>,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            https: default_https(),
+            http: None,
+            admin: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_https() -> String {
+    "0.0.0.0:8443".to_owned()
+}
+
+/// `[tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: String,
+    pub(super) key: String,
+    #[serde(default)]
+    pub(super) sni: Vec<RawSni>,
+}
+
+/// `[[tls.sni]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    pub(super) hostname: String,
+    pub(super) cert: String,
+    pub(super) key: String,
+}
+
+/// `[timeouts]`; humantime strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    #[serde(default = "default_connect")]
+    pub(super) connect: String,
+    #[serde(default = "default_10s")]
+    pub(super) header_read: String,
+    #[serde(default = "default_10s")]
+    pub(super) tls_handshake: String,
+    #[serde(default = "default_30s")]
+    pub(super) upstream: String,
+    #[serde(default = "default_client_idle")]
+    pub(super) client_idle: String,
+    #[serde(default = "default_30s")]
+    pub(super) upstream_idle: String,
+    #[serde(default = "default_30s")]
+    pub(super) shutdown_grace: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: default_connect(),
+            header_read: default_10s(),
+            tls_handshake: default_10s(),
+            upstream: default_30s(),
+            client_idle: default_client_idle(),
+            upstream_idle: default_30s(),
+            shutdown_grace: default_30s(),
+        }
+    }
+}
+
+fn default_connect() -> String {
+    "2s".to_owned()
+}
+
+fn default_10s() -> String {
+    "10s".to_owned()
+}
+
+fn default_30s() -> String {
+    "30s".to_owned()
+}
+
+fn default_client_idle() -> String {
+    "60s".to_owned()
+}
+
+/// `[limits]`; sizes in bytes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    #[serde(default = "default_max_header_bytes")]
+    pub(super) max_header_bytes: u64,
+    #[serde(default = "default_max_body_bytes")]
+    pub(super) max_body_bytes: u64,
+    #[serde(default = "default_max_connections")]
+    pub(super) max_connections: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_header_bytes: default_max_header_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> u64 {
+    16_384
+}
+
+fn default_max_body_bytes() -> u64 {
+    10_485_760
+}
+
+fn default_max_connections() -> u64 {
+    10_000
+}
+
+/// `same_site`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawSameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// `store`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawStore {
+    Memory,
+    Redis,
+    Cookie,
+}
+
+/// `[session]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSession {
+    #[serde(default = "default_cookie")]
+    pub(super) cookie: String,
+    #[serde(default = "default_same_site")]
+    pub(super) same_site: RawSameSite,
+    #[serde(default = "default_true")]
+    pub(super) secure: bool,
+    #[serde(default)]
+    pub(super) persistent: bool,
+    #[serde(default = "default_idle_timeout")]
+    pub(super) idle_timeout: String,
+    #[serde(default = "default_absolute_timeout")]
+    pub(super) absolute_timeout: String,
+    #[serde(default = "default_store")]
+    pub(super) store: RawStore,
+    pub(super) secret: Option<String>,
+    #[serde(default = "default_max_sessions")]
+    pub(super) max_sessions: u64,
+    #[serde(default)]
+    pub(super) redis: RawRedis,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            cookie: default_cookie(),
+            same_site: default_same_site(),
+            secure: true,
+            persistent: false,
+            idle_timeout: default_idle_timeout(),
+            absolute_timeout: default_absolute_timeout(),
+            store: default_store(),
+            secret: None,
+            max_sessions: default_max_sessions(),
+            redis: RawRedis::default(),
+        }
+    }
+}
+
+fn default_cookie() -> String {
+    "__Host-cloakroom".to_owned()
+}
+
+fn default_same_site() -> RawSameSite {
+    RawSameSite::Lax
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_idle_timeout() -> String {
+    "30m".to_owned()
+}
+
+fn default_absolute_timeout() -> String {
+    "12h".to_owned()
+}
+
+fn default_store() -> RawStore {
+    RawStore::Memory
+}
+
+fn default_max_sessions() -> u64 {
+    1_000_000
+}
+
+/// `[session.redis]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    #[serde(default = "default_redis_url")]
+    pub(super) url: String,
+    #[serde(default = "default_redis_prefix")]
+    pub(super) prefix: String,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        RawRedis {
+            url: default_redis_url(),
+            prefix: default_redis_prefix(),
+        }
+    }
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379/0".to_owned()
+}
+
+fn default_redis_prefix() -> String {
+    "cloakroom:".to_owned()
+}
+
+/// `[inject]`; `""` turns a header off.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInject {
+    #[serde(default = "default_inject_id")]
+    pub(super) id: String,
+    #[serde(default = "default_inject_user")]
+    pub(super) user: String,
+    #[serde(default = "default_inject_roles")]
+    pub(super) roles: String,
+    #[serde(default = "default_inject_data")]
+    pub(super) data: String,
+    #[serde(default)]
+    pub(super) assertion: String,
+}
+
+impl Default for RawInject {
+    fn default() -> Self {
+        RawInject {
+            id: default_inject_id(),
+            user: default_inject_user(),
+            roles: default_inject_roles(),
+            data: default_inject_data(),
+            assertion: String::new(),
+        }
+    }
+}
+
+fn default_inject_id() -> String {
+    "X-Session-Id".to_owned()
+}
+
+fn default_inject_user() -> String {
+    "X-Session-User".to_owned()
+}
+
+fn default_inject_roles() -> String {
+    "X-Session-Roles".to_owned()
+}
+
+fn default_inject_data() -> String {
+    "X-Session-Data".to_owned()
+}
+
+/// `[control]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawControl {
+    #[serde(default = "default_set_user")]
+    pub(super) set_user: String,
+    #[serde(default = "default_set_roles")]
+    pub(super) set_roles: String,
+    #[serde(default = "default_set_data")]
+    pub(super) set_data: String,
+    #[serde(default = "default_logout")]
+    pub(super) logout: String,
+}
+
+impl Default for RawControl {
+    fn default() -> Self {
+        RawControl {
+            set_user: default_set_user(),
+            set_roles: default_set_roles(),
+            set_data: default_set_data(),
+            logout: default_logout(),
+        }
+    }
+}
+
+fn default_set_user() -> String {
+    "X-Session-Set-User".to_owned()
+}
+
+fn default_set_roles() -> String {
+    "X-Session-Set-Roles".to_owned()
+}
+
+fn default_set_data() -> String {
+    "X-Session-Set-Data".to_owned()
+}
+
+fn default_logout() -> String {
+    "X-Session-Logout".to_owned()
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    #[serde(default = "default_true")]
+    pub(super) access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog { access: true }
+    }
+}
+
+/// `balance`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawBalance {
+    RoundRobin,
+    LeastConn,
+    Random,
+}
+
+/// `affinity`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawAffinity {
+    Sticky,
+    Hash,
+    None,
+}
+
+/// `on_pinned_down`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawOnPinnedDown {
+    Repin,
+    Fail,
+}
+
+/// `[upstreams]`: `(name, upstream)` pairs in file order (the TOML parser hands map
+/// entries over in document order; a `BTreeMap` would sort them).
+#[derive(Debug, Default)]
+pub(super) struct RawUpstreams(pub(super) Vec<(String, RawUpstream)>);
+
+impl<'de> Deserialize<'de> for RawUpstreams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ordered;
+        impl<'de> Visitor<'de> for Ordered {
+            type Value = RawUpstreams;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of upstreams, like [upstreams.app]")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawUpstreams, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, upstream)) = map.next_entry::<String, RawUpstream>()? {
+                    out.push((name, upstream));
+                }
+                Ok(RawUpstreams(out))
+            }
+        }
+        deserializer.deserialize_map(Ordered)
+    }
+}
+
+/// `[upstreams.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) servers: Vec<RawServer>,
+    #[serde(default = "default_balance")]
+    pub(super) balance: RawBalance,
+    #[serde(default = "default_affinity")]
+    pub(super) affinity: RawAffinity,
+    #[serde(default = "default_on_pinned_down")]
+    pub(super) on_pinned_down: RawOnPinnedDown,
+    pub(super) health: Option<RawHealth>,
+}
+
+fn default_balance() -> RawBalance {
+    RawBalance::RoundRobin
+}
+
+fn default_affinity() -> RawAffinity {
+    RawAffinity::Sticky
+}
+
+fn default_on_pinned_down() -> RawOnPinnedDown {
+    RawOnPinnedDown::Repin
+}
+
+/// One entry of `servers`: `"host:port"` or `{ addr = "host:port", weight = 1, drain = false }`.
+#[derive(Debug)]
+pub(super) enum RawServer {
+    Addr(String),
+    Table(RawServerTable),
+}
+
+/// The table form of a server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServerTable {
+    pub(super) addr: String,
+    #[serde(default = "default_weight")]
+    pub(super) weight: i64,
+    #[serde(default)]
+    pub(super) drain: bool,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+
+// Written by hand rather than `#[serde(untagged)]`, which would replace a precise
+// "unknown field `wieght`" with "data did not match any variant".
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#""host:port" or { addr = "host:port", weight = 1, drain = false }"#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawServer, E> {
+                Ok(RawServer::Addr(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+                RawServerTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawServer::Table)
+            }
+        }
+        deserializer.deserialize_any(Either)
+    }
+}
+
+/// `[upstreams.NAME.health]`; everything has a default, so an empty table turns checks on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    #[serde(default = "default_health_path")]
+    pub(super) path: String,
+    #[serde(default = "default_health_interval")]
+    pub(super) interval: String,
+    #[serde(default = "default_health_timeout")]
+    pub(super) timeout: String,
+    #[serde(default = "default_fall_rise")]
+    pub(super) fall: u32,
+    #[serde(default = "default_fall_rise")]
+    pub(super) rise: u32,
+}
+
+fn default_health_path() -> String {
+    "/healthz".to_owned()
+}
+
+fn default_health_interval() -> String {
+    "2s".to_owned()
+}
+
+fn default_health_timeout() -> String {
+    "1s".to_owned()
+}
+
+fn default_fall_rise() -> u32 {
+    2
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) host: Option<String>,
+    #[serde(default = "default_route_path")]
+    pub(super) path: String,
+    pub(super) upstream: String,
+    #[serde(default = "default_true")]
+    pub(super) session: bool,
+    /// `None`: the value of `session`.
+    pub(super) csrf: Option<bool>,
+    #[serde(default)]
+    pub(super) require_user: bool,
+    pub(super) login_url: Option<String>,
+    pub(super) timeout: Option<String>,
+}
+
+fn default_route_path() -> String {
+    "/".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_default_and_servers_take_both_forms() {
+        let raw: RawConfig = toml::from_str(
+            r#"
+            [upstreams.b]
+            servers = ["h:1", { addr = "h:2", weight = 5 }]
+            [upstreams.a]
+            servers = []
+            "#,
+        )
+        .unwrap();
+        assert!(raw.tls.is_none() && raw.routes.is_empty());
+        assert_eq!(raw.listen.https, "0.0.0.0:8443");
+        assert_eq!(raw.session.same_site, RawSameSite::Lax);
+        let names: Vec<_> = raw.upstreams.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["b", "a"], "file order, not sorted");
+        let servers = &raw.upstreams.0[0].1.servers;
+        assert!(matches!(&servers[0], RawServer::Addr(a) if a == "h:1"));
+        assert!(matches!(&servers[1], RawServer::Table(t) if t.weight == 5 && !t.drain));
+    }
+
+    #[test]
+    fn unknown_fields_keep_precise_messages() {
+        let err = toml::from_str::<RawConfig>(
+            "[upstreams.a]\nservers = [{ addr = \"h:1\", wieght = 2 }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.message().starts_with("unknown field `wieght`"),
+            "{}",
+            err.message()
+        );
+        let err = toml::from_str::<RawConfig>("[sesion]\n").unwrap_err();
+        assert!(err.message().starts_with("unknown field `sesion`"));
+    }
+}

@@ -1,0 +1,191 @@
+//! cloakroom: a TLS-terminating reverse proxy that gives unmodified legacy web apps
+//! hardened session cookies, server-side sessions, sticky affinity and identity headers.
+//!
+//! The binary (`main.rs`) parses the command line, binds the sockets and wires signals to
+//! a [`Handle`]; [`run`] does the rest. Tests call [`run`] directly on ephemeral ports.
+//!
+//! Request path: TLS ([`tls`]) → accept ([`listener`]) → route ([`router`]) → session →
+//! affinity → inject → upstream ([`upstream`]) → control headers → cookie, in
+//! `proxy::pipeline`.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod listener;
+pub mod proxy;
+pub mod redirect;
+pub mod router;
+pub mod session;
+pub mod state;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+pub use config::Config;
+pub use state::{AppState, ReloadError};
+pub use tls::CertTable;
+
+/// The bound sockets `run` serves on. The caller binds them, so tests can use port 0.
+#[derive(Debug)]
+pub struct Listeners {
+    pub https: TcpListener,
+    pub http: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses `config` names.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        };
+        Ok(Listeners {
+            https: bind(config.listen.https).await?,
+            http: match config.listen.http {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+            admin: match config.listen.admin {
+                Some(addr) => Some(bind(addr).await?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// What a [`Handle`] asks of a running proxy.
+#[derive(Debug)]
+enum Command {
+    Reload(oneshot::Sender<Result<u64, ReloadError>>),
+    Shutdown,
+}
+
+/// Controls a running proxy. Dropping every handle shuts it down.
+#[derive(Debug, Clone)]
+pub struct Handle(mpsc::UnboundedSender<Command>);
+
+/// The receiving side of a [`Handle`], given to [`run`].
+#[derive(Debug)]
+pub struct Commands(mpsc::UnboundedReceiver<Command>);
+
+/// A handle and the commands it sends.
+pub fn control() -> (Handle, Commands) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Handle(tx), Commands(rx))
+}
+
+impl Handle {
+    /// Reloads the config file and certificates; returns the new generation or why the
+    /// running config was kept.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Command::Reload(tx))
+            .map_err(|_| ReloadError::Task("the proxy is not running".into()))?;
+        rx.await
+            .map_err(|_| ReloadError::Task("the proxy stopped during reload".into()))?
+    }
+
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(Command::Shutdown);
+    }
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Serves `listeners` with `config` until a shutdown command (or every handle dropped),
+/// then stops accepting, lets in-flight requests finish within
+/// `timeouts.shutdown_grace`, and returns.
+pub async fn run(
+    config: Config,
+    certs: CertTable,
+    listeners: Listeners,
+    mut commands: Commands,
+) -> Result<(), RunError> {
+    let max_connections = config.limits.max_connections;
+    let max_header_bytes = config.limits.max_header_bytes;
+    let state = AppState::new(config, certs);
+    let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let https_port = listeners
+        .https
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(443);
+
+    let mut accept_loops = JoinSet::new();
+    accept_loops.spawn(listener::serve_https(
+        listeners.https,
+        listener::Acceptor {
+            state: state.clone(),
+            tls,
+            builder: Arc::new(listener::http_builder(max_header_bytes)),
+            permits: Arc::new(Semaphore::new(max_connections)),
+            graceful: graceful.clone(),
+        },
+        stop_rx.clone(),
+    ));
+    if let Some(http) = listeners.http {
+        accept_loops.spawn(redirect::serve(http, https_port, stop_rx.clone()));
+    }
+    if let Some(admin) = listeners.admin {
+        accept_loops.spawn(admin::serve(admin, state.clone(), stop_rx.clone()));
+    }
+    tracing::info!(generation = 1, "cloakroom is serving");
+
+    while let Some(command) = commands.0.recv().await {
+        match command {
+            Command::Reload(reply) => {
+                let result = state.reload().await;
+                match &result {
+                    Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+                    Err(error) => tracing::warn!(
+                        "reload refused, keeping the running configuration:\n{error}"
+                    ),
+                }
+                let _ = reply.send(result);
+            }
+            Command::Shutdown => break,
+        }
+    }
+
+    state.begin_shutdown();
+    let grace = state.runtime().config.timeouts.shutdown_grace;
+    let _ = stop_tx.send(true);
+    while accept_loops.join_next().await.is_some() {}
+    let open = graceful.count();
+    tracing::info!(
+        connections = open,
+        ?grace,
+        "shutting down: finishing in-flight requests"
+    );
+    let finished = match Arc::try_unwrap(graceful) {
+        Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    if !finished {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; cutting the remaining connections"
+        );
+    }
+    Ok(())
+}

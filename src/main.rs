@@ -1,0 +1,263 @@
+//! The `cloakroom` binary: command line, logging, runtime, signals.
+//!
+//! `cloakroom [--config PATH]` runs the proxy; `cloakroom check` validates a config;
+//! `--demo` also starts the built-in demo apps and makes a self-signed certificate when
+//! none exists. Exit codes: 0 clean shutdown or valid config, 1 runtime failure,
+//! 2 invalid config (the proxy never starts half-configured).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use cloakroom::{config::Config, control, Listeners};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloakroom",
+    version,
+    about = "Hardened sessions, affinity and identity for legacy web apps"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        short,
+        long,
+        env = "CLOAKROOM_CONFIG",
+        default_value = "proxy.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Also run the two built-in demo apps on the upstream addresses the config names,
+    /// and make a self-signed localhost certificate if the configured one is missing.
+    #[arg(long)]
+    demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration (and that its certificates load); exit 0 or 2.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        None => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("cloakroom: cannot start the async runtime: {error}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime.block_on(serve(&cli.config, cli.demo))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn check(path: &Path) -> ExitCode {
+    match cloakroom::state::load_with_certs(path) {
+        Ok((config, _)) => {
+            println!(
+                "{}: ok ({} upstream(s), {} route(s))",
+                path.display(),
+                config.upstreams.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(path: &Path, demo: bool) -> ExitCode {
+    if demo {
+        if let Err(error) = ensure_demo_certificate(path) {
+            eprintln!("cloakroom: --demo could not make a certificate: {error:#}");
+            return ExitCode::from(1);
+        }
+    }
+    let loaded = tokio::task::spawn_blocking({
+        let path = path.to_path_buf();
+        move || cloakroom::state::load_with_certs(&path)
+    })
+    .await;
+    let (config, certs) = match loaded {
+        Ok(Ok(loaded)) => loaded,
+        Ok(Err(errors)) => {
+            eprintln!("{errors}");
+            eprintln!("cloakroom: not started: fix the configuration above (`cloakroom check` validates it)");
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("cloakroom: loading the configuration failed: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let listeners = match Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            eprintln!("cloakroom: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Ok(addr) = listeners.https.local_addr() {
+        tracing::info!(%addr, "https listener");
+    }
+    let (handle, commands) = control();
+    let demo_stop = tokio::sync::watch::channel(false);
+    if demo {
+        let addrs = demo_addresses(&config);
+        let mut stop = demo_stop.1.clone();
+        let shutdown = async move {
+            let _ = stop.changed().await;
+        };
+        let apps = tokio::spawn(cloakroom::demo::serve(addrs.clone(), shutdown));
+        tracing::warn!(
+            ?addrs,
+            "DEMO MODE: built-in demo apps are serving the configured upstream addresses"
+        );
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = apps.await {
+                tracing::error!(%error, "demo app could not start");
+            }
+        });
+    }
+    if let Err(error) = watch_signals(handle) {
+        eprintln!("cloakroom: cannot install signal handlers: {error}");
+        return ExitCode::from(1);
+    }
+    let result = cloakroom::run(config, certs, listeners, commands).await;
+    let _ = demo_stop.0.send(true);
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "cloakroom failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGTERM/SIGINT shut down gracefully; SIGHUP reloads.
+fn watch_signals(handle: cloakroom::Handle) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); handle.shutdown(); }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); handle.shutdown(); }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    // The result is logged by the proxy itself.
+                    let _ = handle.reload().await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Loopback server addresses of every upstream: where the demo apps listen.
+fn demo_addresses(config: &Config) -> Vec<SocketAddr> {
+    let mut addrs: Vec<SocketAddr> = config
+        .upstreams
+        .iter()
+        .flat_map(|u| u.servers.iter().map(|s| s.addr))
+        .filter(|a| a.ip().is_loopback())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// For `--demo`: when the configured certificate and key are both missing, makes a
+/// self-signed one for localhost there, with a loud warning.
+fn ensure_demo_certificate(config_path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let value: toml::Table = match text.parse() {
+        Ok(value) => value,
+        // Let the real loader report the syntax error with its line.
+        Err(_) => return Ok(()),
+    };
+    let base = config_path.parent().unwrap_or(Path::new("."));
+    let tls = value.get("tls").and_then(|t| t.as_table());
+    let path_of = |key: &str| {
+        tls.and_then(|t| t.get(key))
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.contains("${"))
+            .map(|s| base.join(s))
+    };
+    let (Some(cert), Some(key)) = (path_of("cert"), path_of("key")) else {
+        return Ok(());
+    };
+    if cert.exists() || key.exists() {
+        return Ok(());
+    }
+    let generated = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .context("generating a self-signed certificate")?;
+    for dir in [cert.parent(), key.parent()].into_iter().flatten() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&cert, generated.cert.pem())
+        .with_context(|| format!("writing {}", cert.display()))?;
+    write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
+    eprintln!(
+        "\n\
+         ************************************************************************\n\
+         *  DEMO: generated a SELF-SIGNED certificate for localhost:            *\n\
+         *    {}\n\
+         *  Browsers will warn about it. Never use it in production: put your   *\n\
+         *  real certificate and key there (see certs/README.md).               *\n\
+         ************************************************************************\n",
+        cert.display()
+    );
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

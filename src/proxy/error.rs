@@ -1,0 +1,191 @@
+//! Every way a request can fail, and the one place that maps failures to status codes.
+//!
+//! `ProxyError::status` is an exhaustive match without a wildcard arm, pinned by a table
+//! test. Bodies are short and static; the details go to the log at a level chosen by
+//! whose fault it was (client `debug`, upstream `warn`, our bug `error`).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+use crate::upstream::UpstreamError;
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed (no Host, bad header value, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The Host names a site whose certificate differs from the one the TLS SNI chose.
+    #[error("host does not match the TLS server name")]
+    Misdirected,
+    /// No route matches host and path.
+    #[error("no route")]
+    NoRoute,
+    /// `Content-Length` or the streamed body exceeds `limits.max_body_bytes`.
+    #[error("request body over {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    /// The request head exceeds `limits.max_header_bytes` (HTTP/2; hyper answers HTTP/1).
+    #[error("request head over {limit} bytes")]
+    HeadersTooLarge { limit: usize },
+    /// A cross-site unsafe request on a CSRF-protected route.
+    #[error("cross-site request refused")]
+    CrossSite,
+    /// Every server of the upstream is down.
+    #[error("no healthy server in upstream {upstream}")]
+    NoHealthyUpstream { upstream: String },
+    /// The pinned server is down and the upstream says `on_pinned_down = "fail"`.
+    #[error("pinned server of upstream {upstream} is down")]
+    PinnedDown { upstream: String },
+    /// The session store did not answer in time or failed.
+    #[error("session store unavailable: {0}")]
+    Store(#[source] crate::session::StoreError),
+    /// The upstream exchange failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A bug of ours; details in the log.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+/// Whose fault a failure is, for the log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::CrossSite => StatusCode::FORBIDDEN,
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::PinnedDown { .. }
+            | ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(e) => match e {
+                UpstreamError::Connect { .. }
+                | UpstreamError::Handshake { .. }
+                | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
+            },
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::Misdirected
+            | ProxyError::NoRoute
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::HeadersTooLarge { .. }
+            | ProxyError::CrossSite => Blame::Client,
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::PinnedDown { .. }
+            | ProxyError::Store(_)
+            | ProxyError::Upstream(_) => Blame::Upstream,
+            ProxyError::Internal(_) => Blame::Proxy,
+        }
+    }
+
+    /// The short static body.
+    fn body(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "400 bad request\n",
+            StatusCode::FORBIDDEN => "403 cross-site request refused\n",
+            StatusCode::NOT_FOUND => "404 no route for this host and path\n",
+            StatusCode::PAYLOAD_TOO_LARGE => "413 request body too large\n",
+            StatusCode::MISDIRECTED_REQUEST => "421 misdirected request\n",
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "431 request header too large\n",
+            StatusCode::BAD_GATEWAY => "502 upstream unavailable\n",
+            StatusCode::SERVICE_UNAVAILABLE => "503 service unavailable, retry shortly\n",
+            StatusCode::GATEWAY_TIMEOUT => "504 upstream timed out\n",
+            _ => "500 internal error\n",
+        }
+    }
+
+    /// The response the client receives.
+    pub fn to_response(&self) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::Full(Some(Bytes::from_static(
+            self.body().as_bytes(),
+        ))));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    #[test]
+    fn status_table() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let table: Vec<(ProxyError, u16)> = vec![
+            (ProxyError::BadRequest("x"), 400),
+            (ProxyError::Misdirected, 421),
+            (ProxyError::NoRoute, 404),
+            (ProxyError::BodyTooLarge { limit: 1 }, 413),
+            (ProxyError::HeadersTooLarge { limit: 1 }, 431),
+            (ProxyError::CrossSite, 403),
+            (
+                ProxyError::NoHealthyUpstream {
+                    upstream: "a".into(),
+                },
+                503,
+            ),
+            (
+                ProxyError::PinnedDown {
+                    upstream: "a".into(),
+                },
+                503,
+            ),
+            (ProxyError::Store(crate::session::StoreError::Timeout), 503),
+            (UpstreamError::Connect { addr, source: io() }.into(), 502),
+            (
+                UpstreamError::ConnectTimeout {
+                    addr,
+                    after: Duration::from_secs(1),
+                }
+                .into(),
+                504,
+            ),
+            (
+                UpstreamError::Timeout {
+                    addr,
+                    after: Duration::from_secs(1),
+                }
+                .into(),
+                504,
+            ),
+            (ProxyError::Internal("bug"), 500),
+        ];
+        for (error, status) in table {
+            assert_eq!(error.status().as_u16(), status, "{error}");
+            let response = error.to_response();
+            assert_eq!(response.status().as_u16(), status);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The request path: a per-connection hyper service whose handler cannot fail, wrapped
+//! around the fallible pipeline in [`pipeline`].
+//!
+//! The handler loads the runtime snapshot once, runs the pipeline, turns any
+//! [`ProxyError`] into its response, and writes the access log line.
+
+pub(crate) mod body;
+mod error;
+pub(crate) mod headers;
+mod pipeline;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+pub use body::{RequestBody, ResponseBody};
+pub use error::{Blame, ProxyError};
+
+use crate::listener::Activity;
+use crate::state::AppState;
+
+/// What the proxy knows about a client connection.
+#[derive(Debug)]
+pub(crate) struct ConnCtx {
+    pub(crate) peer: SocketAddr,
+    /// Lower-case TLS server name, when the client sent one.
+    pub(crate) sni: Option<Box<str>>,
+    pub(crate) activity: Arc<Activity>,
+}
+
+/// Serves one request; never fails.
+pub(crate) async fn serve(
+    state: Arc<AppState>,
+    conn: Arc<ConnCtx>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let _busy = conn.activity.begin();
+    let started = Instant::now();
+    let runtime = state.runtime();
+    let access = runtime.config.log.access;
+    let (method, uri) = if access {
+        (Some(request.method().clone()), Some(request.uri().clone()))
+    } else {
+        (None, None)
+    };
+    let host = access
+        .then(|| request.headers().get(http::header::HOST).cloned())
+        .flatten();
+    let mut log = pipeline::RequestLog::default();
+    let response = match pipeline::run(&state, &runtime, &conn, request, &mut log).await {
+        Ok(response) => response,
+        Err(error) => {
+            match error.blame() {
+                Blame::Client => tracing::debug!(peer = %conn.peer, %error, "request refused"),
+                Blame::Upstream => tracing::warn!(
+                    route = log.route,
+                    backend = log.backend.as_deref().unwrap_or("-"),
+                    error = %display_chain(&error),
+                    "upstream failure"
+                ),
+                Blame::Proxy => tracing::error!(%error, "internal error"),
+            }
+            error.to_response()
+        }
+    };
+    if let (Some(method), Some(uri)) = (method, uri) {
+        tracing::info!(
+            target: "cloakroom::access",
+            peer = %conn.peer.ip(),
+            %method,
+            host = host.as_ref().and_then(|h| h.to_str().ok()).or(uri.host()).unwrap_or("-"),
+            path = uri.path(),
+            route = log.route,
+            backend = log.backend.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+    Ok(response)
+}
+
+/// An error and its causes, `a: b: c`.
+fn display_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

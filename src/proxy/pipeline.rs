@@ -1,0 +1,303 @@
+//! The phases of one proxied request, each a small function:
+//! `route` → (session, next issue) → `choose_backend`/`send` → `build_upstream_request`
+//! → `finish_response`. Errors bubble up with `?` as [`ProxyError`]s; the caller in
+//! `proxy::serve` turns them into responses.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{RequestBody, ResponseBody};
+use super::headers;
+use super::{ConnCtx, ProxyError};
+use crate::config::RouteConfig;
+use crate::router::{normalize_host, RouteId};
+use crate::state::{AppState, Runtime};
+use crate::upstream::client::{self, Deadlines, InFlight};
+use crate::upstream::{balancer, Backend, BackendId, SendError, UpstreamError, UpstreamPool};
+
+/// What the access log line reports besides the request itself.
+#[derive(Debug, Default)]
+pub(crate) struct RequestLog {
+    pub(crate) route: Option<usize>,
+    pub(crate) backend: Option<Arc<str>>,
+}
+
+/// Runs the pipeline for one request.
+pub(crate) async fn run(
+    state: &AppState,
+    rt: &Runtime,
+    conn: &ConnCtx,
+    mut request: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_head_size(&request, rt.config.limits.max_header_bytes)?;
+    let mut host_buf = String::new();
+    let host = request_host(&request, &mut host_buf)?;
+    if let Some(sni) = conn.sni.as_deref() {
+        if rt.has_sni_certs && !state.certs.covers(sni, host) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let RouteId(route_id) = rt
+        .router
+        .route(host, request.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    log.route = Some(route_id);
+    let route = rt
+        .config
+        .routes
+        .get(route_id)
+        .ok_or(ProxyError::Internal("route index out of range"))?;
+    let pool = rt
+        .upstreams
+        .get(route.upstream)
+        .ok_or(ProxyError::Internal("upstream index out of range"))?;
+    check_content_length(&request, rt.config.limits.max_body_bytes)?;
+
+    let tunnel = headers::wants_upgrade(request.headers()) && request.version() <= Version::HTTP_11;
+    let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut request));
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let upstream_request = build_upstream_request(rt, conn, request, tunnel, &exceeded)?;
+    let deadlines = Deadlines {
+        connect: rt.config.timeouts.connect,
+        response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
+        pool_idle: rt.config.timeouts.upstream_idle,
+    };
+    let sent = send(pool, upstream_request, deadlines, tunnel, log).await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            return Err(ProxyError::BodyTooLarge {
+                limit: rt.config.limits.max_body_bytes,
+            })
+        }
+        Err(error) => return Err(error),
+    };
+    Ok(finish_response(response, route, client_upgrade))
+}
+
+/// HTTP/2 request heads are bounded here (hyper bounds HTTP/1 heads itself and answers
+/// 431): name + value + 32 bytes per field, as HPACK counts them.
+fn check_head_size<B>(request: &Request<B>, limit: usize) -> Result<(), ProxyError> {
+    if request.version() != Version::HTTP_2 {
+        return Ok(());
+    }
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum::<usize>()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len());
+    if size > limit {
+        return Err(ProxyError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// The normalised host: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn request_host<'a, B>(request: &Request<B>, buf: &'a mut String) -> Result<&'a str, ProxyError> {
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .ok_or(ProxyError::BadRequest("missing Host"))?
+            .to_str()
+            .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
+    };
+    let host = normalize_host(authority, buf);
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("empty Host"));
+    }
+    Ok(host)
+}
+
+/// A declared body over the limit is refused before anything is sent upstream.
+fn check_content_length<B>(request: &Request<B>, limit: u64) -> Result<(), ProxyError> {
+    let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
+    let length: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(ProxyError::BadRequest("bad Content-Length"))?;
+    if length > limit {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    Ok(())
+}
+
+/// Turns the client's request into the one the upstream receives: origin-form URI,
+/// HTTP/1.1, `Host` kept (taken from `:authority` for HTTP/2), hop-by-hop headers
+/// removed, cookies joined, `X-Forwarded-*` set, body streamed under the size limit.
+fn build_upstream_request(
+    rt: &Runtime,
+    conn: &ConnCtx,
+    request: Request<Incoming>,
+    tunnel: bool,
+    exceeded: &Arc<AtomicBool>,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    if let Some(authority) = parts.uri.authority() {
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("bad authority"))?;
+        parts.headers.insert(header::HOST, value);
+    }
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) if parts.uri.authority().is_some() || parts.uri.scheme().is_some() => {
+            Uri::try_from(pq.as_str()).map_err(|_| ProxyError::BadRequest("bad path"))?
+        }
+        Some(_) => parts.uri,
+        None => Uri::from_static("/"),
+    };
+    parts.version = Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers, tunnel);
+    if tunnel {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers::rewrite_cookies(&mut parts.headers, |_| false);
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let host = host.to_owned();
+    let trusted = rt.config.listen.trusted_proxies.contains(&conn.peer.ip());
+    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &host, trusted);
+    let body = RequestBody::limited(body, rt.config.limits.max_body_bytes, exceeded.clone());
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Most servers one request is tried on.
+const MAX_ATTEMPTS: usize = 3;
+
+/// Sends the request to a server of `pool`, retrying on another server when the connect
+/// failed (the request came back untouched), or when an idempotent request without a
+/// body failed after it was sent.
+async fn send(
+    pool: &UpstreamPool,
+    mut request: Request<RequestBody>,
+    deadlines: Deadlines,
+    tunnel: bool,
+    log: &mut RequestLog,
+) -> Result<Response<crate::upstream::UpstreamBody>, ProxyError> {
+    let mut replay =
+        (idempotent(request.method()) && http_body::Body::is_end_stream(request.body()) && !tunnel)
+            .then(|| {
+                (
+                    request.method().clone(),
+                    request.uri().clone(),
+                    request.headers().clone(),
+                )
+            });
+    let mut tried: Vec<BackendId> = Vec::new();
+    loop {
+        let backend = choose_backend(pool, &tried)?;
+        log.backend = Some(backend.name.clone());
+        let in_flight = InFlight::new(&backend.state);
+        let result = client::send(&backend.state, request, deadlines, tunnel).await;
+        drop(in_flight);
+        let error = match result {
+            Ok(response) => return Ok(response),
+            Err(SendError {
+                error,
+                request: Some(back),
+            }) => {
+                request = back;
+                error
+            }
+            Err(SendError {
+                error,
+                request: None,
+            }) => match (&error, replay.take()) {
+                (UpstreamError::Exchange { .. }, Some((method, uri, headers))) => {
+                    let mut fresh = Request::new(RequestBody::Empty);
+                    *fresh.method_mut() = method;
+                    *fresh.uri_mut() = uri;
+                    *fresh.headers_mut() = headers;
+                    request = fresh;
+                    error
+                }
+                _ => return Err(error.into()),
+            },
+        };
+        tracing::warn!(
+            upstream = %pool.name,
+            backend = %backend.name,
+            error = %error,
+            "upstream attempt failed; trying another server"
+        );
+        tried.push(backend.id);
+        if tried.len() >= MAX_ATTEMPTS.min(pool.backends.len()) {
+            return Err(error.into());
+        }
+    }
+}
+
+/// Picks the server for this attempt.
+fn choose_backend<'a>(
+    pool: &'a UpstreamPool,
+    tried: &[BackendId],
+) -> Result<&'a Backend, ProxyError> {
+    balancer::pick(pool, tried).ok_or_else(|| ProxyError::NoHealthyUpstream {
+        upstream: pool.name.clone(),
+    })
+}
+
+/// Turns the upstream response into the client's: hop-by-hop headers removed, and for
+/// a `101 Switching Protocols` the two upgraded connections spliced together.
+fn finish_response(
+    mut response: Response<crate::upstream::UpstreamBody>,
+    _route: &RouteConfig,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_upgrade) {
+        (true, Some(client_side)) => {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            let headers = response.headers_mut();
+            headers::strip_hop_by_hop(headers, true);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            tokio::spawn(tunnel(client_side, upstream_side));
+        }
+        _ => headers::strip_hop_by_hop(response.headers_mut(), false),
+    }
+    response.map(ResponseBody::Upstream)
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until
+/// either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(error) => tracing::debug!(%error, "tunnel ended"),
+    }
+}

@@ -1,0 +1,83 @@
+//! The optional plain-HTTP listener: every request gets `308 Permanent Redirect` to the
+//! same host and path on the https listener. Nothing is proxied over plain HTTP.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::proxy::ResponseBody;
+use crate::router::normalize_host;
+
+/// Serves redirects on `listener` to the https port `https_port` until `stop` flips.
+pub(crate) async fn serve(listener: TcpListener, https_port: u16, mut stop: watch::Receiver<bool>) {
+    let port = Arc::new(https_port);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed on the http listener");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let port = port.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let port = *port;
+                async move { Ok::<_, Infallible>(redirect(&request, port)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {
+    let mut host_buf = String::new();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| normalize_host(h, &mut host_buf))
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        });
+    let Some(host) = host else {
+        let mut response = Response::new(ResponseBody::full("400 missing or bad Host\n"));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    let mut response = Response::new(ResponseBody::full("308 use https\n"));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}

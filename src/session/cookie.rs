@@ -1,0 +1,237 @@
+//! The session cookie: sealing a token into a cookie value, opening it again, finding it
+//! among the `Cookie` headers, and writing `Set-Cookie`. Pure: no IO.
+//!
+//! Value: base64url(`0x01` version ‖ 32-byte token ‖ HMAC-SHA256 tag), the tag over a
+//! domain-separation label, the cookie name and the token under `session.secret`. A
+//! forged, truncated or re-labelled value fails here, before any store lookup, and
+//! means "no session", never an error.
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use ring::hmac;
+
+use super::Token;
+use crate::config::{SameSite, SessionConfig};
+
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 32;
+const RAW_LEN: usize = 1 + 32 + TAG_LEN;
+/// base64url length of `RAW_LEN` bytes without padding.
+const ENCODED_LEN: usize = (RAW_LEN * 4).div_ceil(3);
+const LABEL: &[u8] = b"cloakroom/session-cookie/v1\0";
+
+/// Seals and opens session cookies of one configuration.
+#[derive(Debug)]
+pub struct CookieCodec {
+    name: String,
+    key: hmac::Key,
+    /// `; Path=/; Secure; HttpOnly; SameSite=Lax[; Max-Age=N]`, written once.
+    attributes: String,
+    /// The attributes with `Max-Age=0`, for expiring the cookie.
+    expire_attributes: String,
+}
+
+impl CookieCodec {
+    /// A codec for `config` with the MAC key `secret`.
+    pub fn new(config: &SessionConfig, secret: &[u8]) -> CookieCodec {
+        let same_site = match config.same_site {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        };
+        let secure = if config.secure { "; Secure" } else { "" };
+        let base = format!("; Path=/{secure}; HttpOnly; SameSite={same_site}");
+        let attributes = if config.persistent {
+            format!("{base}; Max-Age={}", config.absolute_timeout.as_secs())
+        } else {
+            base.clone()
+        };
+        CookieCodec {
+            name: config.cookie.clone(),
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            attributes,
+            expire_attributes: format!("{base}; Max-Age=0"),
+        }
+    }
+
+    /// The cookie name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tag(&self, token: &Token) -> hmac::Tag {
+        hmac::sign(&self.key, &signed_message(&self.name, token))
+    }
+
+    /// The cookie value carrying `token`.
+    pub fn seal(&self, token: &Token) -> String {
+        let mut raw = [0u8; RAW_LEN];
+        raw[0] = VERSION;
+        raw[1..33].copy_from_slice(&token.0);
+        raw[33..].copy_from_slice(self.tag(token).as_ref());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The token in `value`, if the value is authentic.
+    pub fn open(&self, value: &str) -> Option<Token> {
+        if value.len() != ENCODED_LEN {
+            return None;
+        }
+        let mut raw = [0u8; RAW_LEN];
+        let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(value.as_bytes(), &mut raw)
+            .ok()?;
+        if n != RAW_LEN || raw[0] != VERSION {
+            return None;
+        }
+        let token = Token(raw[1..33].try_into().ok()?);
+        // `hmac::verify` compares the tag in constant time.
+        hmac::verify(&self.key, &signed_message(&self.name, &token), &raw[33..]).ok()?;
+        Some(token)
+    }
+
+    /// True when a `name=value` pair of a `Cookie` header is ours.
+    pub fn is_ours(&self, pair: &str) -> bool {
+        pair.len() > self.name.len()
+            && pair.as_bytes().get(self.name.len()) == Some(&b'=')
+            && pair.starts_with(self.name.as_str())
+    }
+
+    /// The token of the first authentic cookie of ours among all `Cookie` headers
+    /// (HTTP/2 may send one header per cookie; browsers may send duplicates).
+    pub fn find(&self, headers: &HeaderMap) -> Option<Token> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|text| text.split(';'))
+            .map(str::trim)
+            .filter(|pair| self.is_ours(pair))
+            .find_map(|pair| self.open(pair.get(self.name.len() + 1..)?.trim_matches('"')))
+    }
+
+    /// `Set-Cookie` for `token`.
+    pub fn set_cookie(&self, token: &Token) -> Option<HeaderValue> {
+        let value = self.seal(token);
+        let mut text =
+            String::with_capacity(self.name.len() + 1 + value.len() + self.attributes.len());
+        text.push_str(&self.name);
+        text.push('=');
+        text.push_str(&value);
+        text.push_str(&self.attributes);
+        HeaderValue::from_str(&text).ok()
+    }
+
+    /// `Set-Cookie` that makes the browser drop the cookie.
+    pub fn expire_cookie(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!("{}={}", self.name, self.expire_attributes)).ok()
+    }
+}
+
+/// The bytes the tag covers (for `hmac::verify`, which takes one slice).
+fn signed_message(name: &str, token: &Token) -> Vec<u8> {
+    let mut message = Vec::with_capacity(LABEL.len() + name.len() + 1 + 32);
+    message.extend_from_slice(LABEL);
+    message.extend_from_slice(name.as_bytes());
+    message.push(0);
+    message.extend_from_slice(&token.0);
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config(persistent: bool, same_site: SameSite) -> SessionConfig {
+        SessionConfig {
+            cookie: "__Host-cr".into(),
+            same_site,
+            secure: true,
+            persistent,
+            idle_timeout: Duration::from_secs(60),
+            absolute_timeout: Duration::from_secs(3600),
+            store: crate::config::StoreKind::Memory,
+            secret: None,
+            max_sessions: 10,
+        }
+    }
+
+    fn codec() -> CookieCodec {
+        CookieCodec::new(&config(false, SameSite::Lax), &[7u8; 32])
+    }
+
+    #[test]
+    fn seal_open_round_trip() {
+        let c = codec();
+        let token = Token([42u8; 32]);
+        let value = c.seal(&token);
+        assert_eq!(value.len(), ENCODED_LEN);
+        assert_eq!(c.open(&value), Some(token));
+    }
+
+    #[test]
+    fn tampered_truncated_or_foreign_values_fail() {
+        let c = codec();
+        let value = c.seal(&Token([1u8; 32]));
+        let mut bytes = value.clone().into_bytes();
+        bytes[10] = if bytes[10] == b'A' { b'B' } else { b'A' };
+        assert_eq!(c.open(std::str::from_utf8(&bytes).unwrap()), None);
+        assert_eq!(c.open(&value[..value.len() - 1]), None);
+        assert_eq!(c.open(""), None);
+        assert_eq!(c.open("garbage"), None);
+        assert_eq!(c.open(&"A".repeat(ENCODED_LEN)), None);
+        // Another secret, or the same secret under another cookie name, does not open it.
+        let other_key = CookieCodec::new(&config(false, SameSite::Lax), &[8u8; 32]);
+        assert_eq!(other_key.open(&value), None);
+        let mut renamed = config(false, SameSite::Lax);
+        renamed.cookie = "__Host-other".into();
+        assert_eq!(CookieCodec::new(&renamed, &[7u8; 32]).open(&value), None);
+    }
+
+    #[test]
+    fn find_takes_first_valid_of_ours_across_headers() {
+        let c = codec();
+        let good = c.seal(&Token([3u8; 32]));
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-cr=junk"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("__Host-crx=1; __Host-cr={good}; b=2")).unwrap(),
+        );
+        assert_eq!(c.find(&headers), Some(Token([3u8; 32])));
+        let mut none = HeaderMap::new();
+        none.append(
+            header::COOKIE,
+            HeaderValue::from_static(";;; =; __Host-cr; x"),
+        );
+        assert_eq!(c.find(&none), None);
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        let c = codec();
+        let v = c.set_cookie(&Token([0u8; 32])).unwrap();
+        let v = v.to_str().unwrap();
+        assert!(v.starts_with("__Host-cr="));
+        assert!(
+            v.ends_with("; Path=/; Secure; HttpOnly; SameSite=Lax"),
+            "{v}"
+        );
+        assert!(!v.contains("Domain"));
+        let p = CookieCodec::new(&config(true, SameSite::Strict), &[7u8; 32]);
+        let v = p.set_cookie(&Token([0u8; 32])).unwrap();
+        assert!(v
+            .to_str()
+            .unwrap()
+            .ends_with("SameSite=Strict; Max-Age=3600"));
+        let e = p.expire_cookie().unwrap();
+        assert_eq!(
+            e.to_str().unwrap(),
+            "__Host-cr=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
+        );
+    }
+}

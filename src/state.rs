@@ -1,0 +1,146 @@
+//! Shared state of a running proxy and its immutable per-generation [`Runtime`].
+//!
+//! A request loads the runtime once (`AppState::runtime`) and uses that snapshot to the
+//! end, even if a reload swaps in a new one meanwhile. A reload builds the next runtime
+//! whole (config, certificates, routes, pools) off the runtime threads and swaps it in
+//! with one store; on any error the running one stays.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::router::Router;
+use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
+use crate::upstream::{BackendRegistry, UpstreamPool};
+
+/// One config generation, built whole and never mutated.
+#[derive(Debug)]
+pub struct Runtime {
+    /// 1 for the config the proxy started with, +1 per successful reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub(crate) router: Router,
+    /// Indexed like `config.upstreams`.
+    pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
+    /// Whether any `[[tls.sni]]` certificate exists (only then can a request be misdirected).
+    pub(crate) has_sni_certs: bool,
+}
+
+/// State shared by every connection of the process.
+#[derive(Debug)]
+pub struct AppState {
+    runtime: ArcSwap<Runtime>,
+    pub(crate) certs: Arc<CertResolver>,
+    backends: BackendRegistry,
+    /// Set when shutdown began (`/readyz` fails).
+    pub(crate) stopping: AtomicBool,
+}
+
+/// Why a reload was refused. The running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("the reload task failed: {0}")]
+    Task(String),
+}
+
+impl AppState {
+    /// State for `config` with its certificates already loaded.
+    pub fn new(config: Config, certs: CertTable) -> Arc<AppState> {
+        let backends = BackendRegistry::default();
+        let resolver = Arc::new(CertResolver::new(certs));
+        let runtime = build_runtime(&backends, Arc::new(config), 1);
+        Arc::new(AppState {
+            runtime: ArcSwap::from_pointee(runtime),
+            certs: resolver,
+            backends,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// The current snapshot; call once per request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Re-reads the config file and certificates and swaps them in. Returns the new
+    /// generation, or why nothing changed.
+    pub async fn reload(&self) -> Result<u64, ReloadError> {
+        let current = self.runtime();
+        let path: PathBuf = current.config.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_with_certs(&path))
+            .await
+            .map_err(|e| ReloadError::Task(e.to_string()))??;
+        let (config, certs) = loaded;
+        warn_restart_only_changes(&current.config, &config);
+        let next = build_runtime(&self.backends, Arc::new(config), current.generation + 1);
+        let generation = next.generation;
+        // Certificates first: a request on the new routes may arrive on a new handshake.
+        self.certs.swap(certs);
+        self.runtime.store(Arc::new(next));
+        Ok(generation)
+    }
+
+    /// Marks the proxy as stopping.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Loads a config and its certificates: blocking, for start-up and `spawn_blocking`.
+pub fn load_with_certs(path: &std::path::Path) -> Result<(Config, CertTable), ConfigErrors> {
+    let config = Config::load(path)?;
+    let certs = load_certs(&config).map_err(|e| ConfigErrors(vec![e]))?;
+    Ok((config, certs))
+}
+
+/// Loads the certificates `config` names; errors point at the config key's line.
+pub fn load_certs(config: &Config) -> Result<CertTable, ConfigError> {
+    load_cert_table(&config.tls).map_err(|e: TlsError| {
+        let key = e.key().to_string();
+        config.error_at(&key, e.to_string())
+    })
+}
+
+fn build_runtime(backends: &BackendRegistry, config: Arc<Config>, generation: u64) -> Runtime {
+    Runtime {
+        generation,
+        router: Router::new(&config.routes),
+        upstreams: backends.build(&config.upstreams),
+        has_sni_certs: !config.tls.sni.is_empty(),
+        config,
+    }
+}
+
+/// Settings that take effect only at restart: say so instead of silently ignoring them.
+fn warn_restart_only_changes(old: &Config, new: &Config) {
+    let mut changed = Vec::new();
+    if old.listen.https != new.listen.https
+        || old.listen.http != new.listen.http
+        || old.listen.admin != new.listen.admin
+    {
+        changed.push("listen addresses");
+    }
+    if old.session.store != new.session.store {
+        changed.push("session.store");
+    }
+    if old.session.secret != new.session.secret {
+        changed.push("session.secret");
+    }
+    if old.limits.max_connections != new.limits.max_connections {
+        changed.push("limits.max_connections");
+    }
+    if old.limits.max_header_bytes != new.limits.max_header_bytes {
+        changed.push("limits.max_header_bytes");
+    }
+    if !changed.is_empty() {
+        tracing::warn!(
+            settings = %changed.join(", "),
+            "reload: these settings changed but take effect only after a restart"
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! TLS termination: the rustls `ServerConfig` and the hot-swappable certificate table.
+//!
+//! The `ServerConfig` is built once per process; a reload only swaps the certificate
+//! table inside [`CertResolver`], so listeners and live connections are untouched.
+//! Protocol versions are TLS 1.2 and 1.3 only; ALPN offers `h2` then `http/1.1`.
+//! Loading PEM files reads the disk: call it at start-up or from `spawn_blocking`.
+
+mod certs;
+mod resolver;
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
+pub use certs::{load_cert_table, CertTable};
+pub use resolver::CertResolver;
+
+/// Why certificates could not be loaded. Each names the file and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("{key}: {path}: {reason}")]
+    Pem {
+        /// The config key that named the file (`tls.cert`, `tls.sni[0].key`, ...).
+        key: String,
+        path: String,
+        reason: String,
+    },
+    /// rustls refused the certificate/key pair.
+    #[error("{key}: the certificate and key do not form a usable pair: {source}")]
+    Pair {
+        key: String,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+impl TlsError {
+    /// The config key this error is about, so the caller can point at its line.
+    pub fn key(&self) -> &str {
+        match self {
+            TlsError::Pem { key, .. } | TlsError::Pair { key, .. } => key,
+        }
+    }
+}
+
+/// Builds the process-wide rustls config around `resolver`.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Session resumption with tickets keeps reconnecting browsers cheap.
+    if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = ticketer;
+    }
+    Ok(Arc::new(config))
+}

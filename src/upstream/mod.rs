@@ -1,0 +1,170 @@
+//! Upstream pools: the servers of each `[upstreams.NAME]`, their live state, and the
+//! choice of a server for a request.
+//!
+//! A [`Backend`] pairs the server's config of this generation (weight, drain) with its
+//! [`BackendState`], which outlives reloads: connection pool, in-flight count and health
+//! are kept per `(upstream, address)` in the [`BackendRegistry`] and handed to the next
+//! runtime that names the same server. Sessions refer to servers by [`BackendId`], a hash
+//! of the upstream and server names, never by address.
+
+pub(crate) mod balancer;
+pub(crate) mod client;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Affinity, Balance, HealthConfig, OnPinnedDown, UpstreamConfig};
+
+pub(crate) use client::SendError;
+pub use client::{UpstreamBody, UpstreamError};
+
+/// Stable identity of a server within an upstream, kept in sessions for affinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BackendId(pub u64);
+
+impl BackendId {
+    /// FNV-1a of `upstream/server`: stable across restarts and instances.
+    pub fn of(upstream: &str, server: &str) -> BackendId {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in upstream.bytes().chain([b'/']).chain(server.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        BackendId(hash)
+    }
+}
+
+/// Live state of one server, shared by every runtime generation that names it.
+#[derive(Debug)]
+pub struct BackendState {
+    pub(crate) addr: SocketAddr,
+    /// Requests sent and not yet answered in full (for `least_conn` and metrics).
+    pub(crate) in_flight: AtomicUsize,
+    /// Passive and active health verdict.
+    pub(crate) healthy: AtomicBool,
+    /// Idle keep-alive connections, most recently used last.
+    pub(crate) idle: Mutex<Vec<client::IdleConn>>,
+}
+
+impl BackendState {
+    fn new(addr: SocketAddr) -> Self {
+        BackendState {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether requests may go here.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// One server of an upstream, as this config generation sees it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub id: BackendId,
+    /// As written in the config, e.g. `127.0.0.1:9001`.
+    pub name: Arc<str>,
+    pub weight: u32,
+    pub drain: bool,
+    pub state: Arc<BackendState>,
+}
+
+/// An upstream and its servers.
+#[derive(Debug)]
+pub struct UpstreamPool {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    pub balance: Balance,
+    pub affinity: Affinity,
+    pub on_pinned_down: OnPinnedDown,
+    pub health: Option<HealthConfig>,
+    pub(crate) cursor: AtomicUsize,
+}
+
+impl UpstreamPool {
+    /// The backend with `id`, if this generation still has it.
+    pub fn backend(&self, id: BackendId) -> Option<&Backend> {
+        self.backends.iter().find(|b| b.id == id)
+    }
+}
+
+/// Keeps each server's [`BackendState`] across reloads.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    states: Mutex<HashMap<(String, SocketAddr), Arc<BackendState>>>,
+}
+
+impl BackendRegistry {
+    /// Builds the pools of a config generation, reusing the state of servers seen before
+    /// and forgetting servers no longer named.
+    pub fn build(&self, upstreams: &[UpstreamConfig]) -> Vec<Arc<UpstreamPool>> {
+        let mut states = match self.states.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = HashMap::new();
+        let pools = upstreams
+            .iter()
+            .map(|up| {
+                let backends = up
+                    .servers
+                    .iter()
+                    .map(|server| {
+                        let key = (up.name.clone(), server.addr);
+                        let state = states
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(BackendState::new(server.addr)));
+                        next.insert(key, state.clone());
+                        Backend {
+                            id: BackendId::of(&up.name, &server.name),
+                            name: server.name.as_str().into(),
+                            weight: server.weight,
+                            drain: server.drain,
+                            state,
+                        }
+                    })
+                    .collect();
+                Arc::new(UpstreamPool {
+                    name: up.name.clone(),
+                    backends,
+                    balance: up.balance,
+                    affinity: up.affinity,
+                    on_pinned_down: up.on_pinned_down,
+                    health: up.health.clone(),
+                    cursor: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        *states = next;
+        pools
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_id_is_stable_and_distinct() {
+        assert_eq!(
+            BackendId::of("app", "127.0.0.1:9001"),
+            BackendId::of("app", "127.0.0.1:9001")
+        );
+        assert_ne!(
+            BackendId::of("app", "127.0.0.1:9001"),
+            BackendId::of("app", "127.0.0.1:9002")
+        );
+        assert_ne!(
+            BackendId::of("a", "pp/x:1"),
+            BackendId::of("app", "x:1"),
+            "the separator keeps names apart"
+        );
+    }
+}
