@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod inject;
 pub mod listener;
 pub mod proxy;
 pub mod redirect;
@@ -106,6 +107,8 @@ impl Handle {
 pub enum RunError {
     #[error("TLS setup failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("session store setup failed: {0}")]
+    Store(#[from] session::StoreError),
 }
 
 /// Serves `listeners` with `config` until a shutdown command (or every handle dropped),
@@ -119,7 +122,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
-    let state = AppState::new(config, certs);
+    let state = AppState::new(config, certs)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -146,6 +149,10 @@ pub async fn run(
     }
     if let Some(admin) = listeners.admin {
         accept_loops.spawn(admin::serve(admin, state.clone(), stop_rx.clone()));
+    }
+    let mut background = JoinSet::new();
+    if let Some(memory) = state.memory.clone() {
+        background.spawn(reap_sessions(memory, state.clone(), stop_rx.clone()));
     }
     tracing::info!(generation = 1, "cloakroom is serving");
 
@@ -187,5 +194,31 @@ pub async fn run(
             "shutdown grace period over; cutting the remaining connections"
         );
     }
+    background.shutdown().await;
     Ok(())
+}
+
+/// Removes expired sessions from the memory store in the background.
+async fn reap_sessions(
+    memory: Arc<session::MemoryStore>,
+    state: Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let expiry = state.runtime().expiry;
+        let memory = memory.clone();
+        // The scan locks one shard at a time; keep it off the request threads.
+        let reaped = tokio::task::spawn_blocking(move || memory.reap(session::now_ms(), expiry))
+            .await
+            .unwrap_or(0);
+        if reaped > 0 {
+            tracing::debug!(reaped, "expired sessions removed");
+        }
+    }
 }

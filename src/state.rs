@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
+use crate::inject::InjectRules;
 use crate::router::Router;
+use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
 
@@ -27,6 +29,10 @@ pub struct Runtime {
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
     /// Whether any `[[tls.sni]]` certificate exists (only then can a request be misdirected).
     pub(crate) has_sni_certs: bool,
+    /// Seals and opens the session cookie.
+    pub(crate) cookie: CookieCodec,
+    pub(crate) expiry: Expiry,
+    pub(crate) inject: InjectRules,
 }
 
 /// State shared by every connection of the process.
@@ -35,6 +41,13 @@ pub struct AppState {
     runtime: ArcSwap<Runtime>,
     pub(crate) certs: Arc<CertResolver>,
     backends: BackendRegistry,
+    /// Where sessions live (chosen at start; a change needs a restart).
+    pub(crate) store: Arc<dyn SessionStore>,
+    /// The memory store, for its background reaper.
+    pub(crate) memory: Option<Arc<MemoryStore>>,
+    /// The cookie MAC key when `session.secret` is not set: random per start, kept
+    /// across reloads so cookies stay valid.
+    fallback_secret: [u8; 32],
     /// Set when shutdown began (`/readyz` fails).
     pub(crate) stopping: AtomicBool,
 }
@@ -50,16 +63,24 @@ pub enum ReloadError {
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
-    pub fn new(config: Config, certs: CertTable) -> Arc<AppState> {
+    pub fn new(
+        config: Config,
+        certs: CertTable,
+    ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
-        let runtime = build_runtime(&backends, Arc::new(config), 1);
-        Arc::new(AppState {
+        let fallback_secret = crate::session::random_bytes::<32>()?;
+        let memory = Arc::new(MemoryStore::new(config.session.max_sessions));
+        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
+        Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
+            store: memory.clone(),
+            memory: Some(memory),
+            fallback_secret,
             stopping: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// The current snapshot; call once per request.
@@ -77,7 +98,12 @@ impl AppState {
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let (config, certs) = loaded;
         warn_restart_only_changes(&current.config, &config);
-        let next = build_runtime(&self.backends, Arc::new(config), current.generation + 1);
+        let next = build_runtime(
+            &self.backends,
+            Arc::new(config),
+            current.generation + 1,
+            &self.fallback_secret,
+        );
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
         self.certs.swap(certs);
@@ -94,8 +120,23 @@ impl AppState {
 /// Loads a config and its certificates: blocking, for start-up and `spawn_blocking`.
 pub fn load_with_certs(path: &std::path::Path) -> Result<(Config, CertTable), ConfigErrors> {
     let config = Config::load(path)?;
+    check_supported(&config).map_err(|e| ConfigErrors(vec![e]))?;
     let certs = load_certs(&config).map_err(|e| ConfigErrors(vec![e]))?;
     Ok((config, certs))
+}
+
+/// Settings the contract names that this build does not serve yet: refused up front,
+/// never silently ignored.
+fn check_supported(config: &Config) -> Result<(), ConfigError> {
+    let store = match config.session.store {
+        StoreKind::Memory => return Ok(()),
+        StoreKind::Redis(_) => "redis",
+        StoreKind::Cookie => "cookie",
+    };
+    Err(config.error_at(
+        "session.store",
+        format!("store = \"{store}\" is not available in this version yet; use \"memory\""),
+    ))
 }
 
 /// Loads the certificates `config` names; errors point at the config key's line.
@@ -106,12 +147,25 @@ pub fn load_certs(config: &Config) -> Result<CertTable, ConfigError> {
     })
 }
 
-fn build_runtime(backends: &BackendRegistry, config: Arc<Config>, generation: u64) -> Runtime {
+fn build_runtime(
+    backends: &BackendRegistry,
+    config: Arc<Config>,
+    generation: u64,
+    fallback_secret: &[u8; 32],
+) -> Runtime {
+    let secret = config
+        .session
+        .secret
+        .as_ref()
+        .map_or(&fallback_secret[..], |s| &s.0[..]);
     Runtime {
         generation,
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
         has_sni_certs: !config.tls.sni.is_empty(),
+        cookie: CookieCodec::new(&config.session, secret),
+        expiry: Expiry::new(config.session.idle_timeout, config.session.absolute_timeout),
+        inject: InjectRules::new(&config.inject, &config.control),
         config,
     }
 }
@@ -130,6 +184,9 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
     if old.session.secret != new.session.secret {
         changed.push("session.secret");
+    }
+    if old.session.max_sessions != new.session.max_sessions {
+        changed.push("session.max_sessions");
     }
     if old.limits.max_connections != new.limits.max_connections {
         changed.push("limits.max_connections");

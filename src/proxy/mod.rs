@@ -8,6 +8,7 @@ pub(crate) mod body;
 mod error;
 pub(crate) mod headers;
 mod pipeline;
+mod session;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,8 +51,8 @@ pub(crate) async fn serve(
     let host = access
         .then(|| request.headers().get(http::header::HOST).cloned())
         .flatten();
-    let mut log = pipeline::RequestLog::default();
-    let response = match pipeline::run(&state, &runtime, &conn, request, &mut log).await {
+    let mut log = pipeline::Outcome::default();
+    let mut response = match pipeline::run(&state, &runtime, &conn, request, &mut log).await {
         Ok(response) => response,
         Err(error) => {
             match error.blame() {
@@ -67,6 +68,11 @@ pub(crate) async fn serve(
             error.to_response()
         }
     };
+    if let Some(cookie) = log.set_cookie.take() {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
     if let (Some(method), Some(uri)) = (method, uri) {
         tracing::info!(
             target: "cloakroom::access",
@@ -76,8 +82,9 @@ pub(crate) async fn serve(
             path = uri.path(),
             route = log.route,
             backend = log.backend.as_deref().unwrap_or("-"),
+            session = log.session.map(|id| id.encode()).as_deref().unwrap_or("-"),
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            elapsed_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
         );
     }
     Ok(response)

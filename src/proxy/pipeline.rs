@@ -1,7 +1,8 @@
 //! The phases of one proxied request, each a small function:
-//! `route` → (session, next issue) → `choose_backend`/`send` → `build_upstream_request`
-//! → `finish_response`. Errors bubble up with `?` as [`ProxyError`]s; the caller in
-//! `proxy::serve` turns them into responses.
+//! `route` → `session::begin` (CSRF, `require_user`) → `build_upstream_request` (strip,
+//! inject) → `send` (choose a server, retry) → `finish_response` (hop-by-hop, control
+//! headers, tunnel). Errors bubble up with `?` as [`ProxyError`]s; the caller in
+//! `proxy::serve` turns them into responses and appends the queued `Set-Cookie`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,19 +14,27 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
-use super::{ConnCtx, ProxyError};
-use crate::config::RouteConfig;
+use super::{session, ConnCtx, ProxyError};
+use crate::inject;
 use crate::router::{normalize_host, RouteId};
+use crate::session::{now_ms, PublicId, Session};
 use crate::state::{AppState, Runtime};
 use crate::upstream::client::{self, Deadlines, InFlight};
 use crate::upstream::{balancer, Backend, BackendId, SendError, UpstreamError, UpstreamPool};
 
-/// What the access log line reports besides the request itself.
+/// What the pipeline reports to the handler besides the response: the log fields, and
+/// the session cookie to set, which goes on whatever response the client gets (an
+/// error response included), so a new session is never orphaned.
 #[derive(Debug, Default)]
-pub(crate) struct RequestLog {
+pub(crate) struct Outcome {
     pub(crate) route: Option<usize>,
     pub(crate) backend: Option<Arc<str>>,
+    pub(crate) session: Option<PublicId>,
+    pub(crate) set_cookie: Option<HeaderValue>,
 }
+
+/// Our own endpoints on the https listener.
+const LOGOUT_PATH: &str = "/.cloakroom/logout";
 
 /// Runs the pipeline for one request.
 pub(crate) async fn run(
@@ -33,7 +42,7 @@ pub(crate) async fn run(
     rt: &Runtime,
     conn: &ConnCtx,
     mut request: Request<Incoming>,
-    log: &mut RequestLog,
+    log: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_head_size(&request, rt.config.limits.max_header_bytes)?;
     let mut host_buf = String::new();
@@ -42,6 +51,9 @@ pub(crate) async fn run(
         if rt.has_sni_certs && !state.certs.covers(sni, host) {
             return Err(ProxyError::Misdirected);
         }
+    }
+    if request.uri().path() == LOGOUT_PATH {
+        return session::logout_endpoint(state, rt, &request, log).await;
     }
     let RouteId(route_id) = rt
         .router
@@ -59,10 +71,33 @@ pub(crate) async fn run(
         .ok_or(ProxyError::Internal("upstream index out of range"))?;
     check_content_length(&request, rt.config.limits.max_body_bytes)?;
 
+    let now = now_ms();
+    let ctx = if route.session {
+        // Before the session starts, so refused requests do not grow the store.
+        if route.csrf {
+            session::check_csrf(&request)?;
+        }
+        let ctx = session::begin(state, rt, request.headers(), now, log).await?;
+        log.session = Some(ctx.session.public_id);
+        if let Some(response) = session::require_user(route, &ctx, &request) {
+            return Ok(response);
+        }
+        Some(ctx)
+    } else {
+        None
+    };
+
     let tunnel = headers::wants_upgrade(request.headers()) && request.version() <= Version::HTTP_11;
     let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut request));
     let exceeded = Arc::new(AtomicBool::new(false));
-    let upstream_request = build_upstream_request(rt, conn, request, tunnel, &exceeded)?;
+    let upstream_request = build_upstream_request(
+        rt,
+        conn,
+        request,
+        ctx.as_ref().map(|c| &c.session),
+        tunnel,
+        &exceeded,
+    )?;
     let deadlines = Deadlines {
         connect: rt.config.timeouts.connect,
         response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
@@ -78,7 +113,13 @@ pub(crate) async fn run(
         }
         Err(error) => return Err(error),
     };
-    Ok(finish_response(response, route, client_upgrade))
+    let mut response = finish_response(response, client_upgrade);
+    let control =
+        session::take_control(response.headers_mut(), &rt.config.control, rt.cookie.name());
+    if let Some(ctx) = ctx {
+        session::apply_control(state, rt, ctx, control, now, log).await?;
+    }
+    Ok(response)
 }
 
 /// HTTP/2 request heads are bounded here (hyper bounds HTTP/1 heads itself and answers
@@ -138,11 +179,13 @@ fn check_content_length<B>(request: &Request<B>, limit: u64) -> Result<(), Proxy
 
 /// Turns the client's request into the one the upstream receives: origin-form URI,
 /// HTTP/1.1, `Host` kept (taken from `:authority` for HTTP/2), hop-by-hop headers
-/// removed, cookies joined, `X-Forwarded-*` set, body streamed under the size limit.
+/// removed, cookies joined without ours, `X-Forwarded-*` set, every client-sent
+/// identity header removed and the session's injected, body streamed under the limit.
 fn build_upstream_request(
     rt: &Runtime,
     conn: &ConnCtx,
     request: Request<Incoming>,
+    session: Option<&Session>,
     tunnel: bool,
     exceeded: &Arc<AtomicBool>,
 ) -> Result<Request<RequestBody>, ProxyError> {
@@ -166,7 +209,11 @@ fn build_upstream_request(
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers::rewrite_cookies(&mut parts.headers, |_| false);
+    headers::rewrite_cookies(&mut parts.headers, |pair| rt.cookie.is_ours(pair));
+    inject::strip(&mut parts.headers, &rt.inject);
+    if let Some(session) = session {
+        inject::inject(&mut parts.headers, &rt.inject, session);
+    }
     let host = parts
         .headers
         .get(header::HOST)
@@ -198,7 +245,7 @@ async fn send(
     mut request: Request<RequestBody>,
     deadlines: Deadlines,
     tunnel: bool,
-    log: &mut RequestLog,
+    log: &mut Outcome,
 ) -> Result<Response<crate::upstream::UpstreamBody>, ProxyError> {
     let mut replay =
         (idempotent(request.method()) && http_body::Body::is_end_stream(request.body()) && !tunnel)
@@ -267,7 +314,6 @@ fn choose_backend<'a>(
 /// a `101 Switching Protocols` the two upgraded connections spliced together.
 fn finish_response(
     mut response: Response<crate::upstream::UpstreamBody>,
-    _route: &RouteConfig,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ResponseBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

@@ -1,0 +1,482 @@
+//! The session stage of the pipeline: find or start the session, enforce CSRF and
+//! `require_user`, apply the upstream's control headers, and answer
+//! `POST /.cloakroom/logout`.
+//!
+//! Fail closed on identity: a cookie that does not verify, or names no live session,
+//! starts a fresh anonymous session; it never yields an identity and never an error.
+//! Every store call runs under [`STORE_TIMEOUT`]; a store failure is a 503.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+
+use super::body::ResponseBody;
+use super::pipeline::Outcome;
+use super::ProxyError;
+use crate::config::{ControlConfig, RouteConfig};
+use crate::inject::percent_decode;
+use crate::session::{random_bytes, Identity, PublicId, Session, StoreError, Token};
+use crate::state::{AppState, Runtime};
+
+/// Deadline of one store operation.
+pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bounds on what an upstream may store through control headers.
+const MAX_USER_BYTES: usize = 256;
+const MAX_ROLES_BYTES: usize = 1024;
+const MAX_DATA_KEY_BYTES: usize = 64;
+const MAX_DATA_VALUE_BYTES: usize = 1024;
+const MAX_DATA_ENTRIES: usize = 32;
+
+/// The session of the request being served.
+#[derive(Debug)]
+pub(crate) struct SessionCtx {
+    /// `None` when the store was full and the session lives for this request only.
+    pub(crate) token: Option<Token>,
+    pub(crate) session: Session,
+}
+
+/// Runs a store call under the deadline.
+async fn store_call<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, ProxyError> {
+    match tokio::time::timeout(STORE_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(ProxyError::Store(error)),
+        Err(_) => Err(ProxyError::Store(StoreError::Timeout)),
+    }
+}
+
+/// Finds the request's session, or starts one (and queues its cookie).
+pub(crate) async fn begin(
+    state: &AppState,
+    rt: &Runtime,
+    headers: &HeaderMap,
+    now: u64,
+    outcome: &mut Outcome,
+) -> Result<SessionCtx, ProxyError> {
+    if let Some(token) = rt.cookie.find(headers) {
+        if let Some(session) = store_call(state.store.load(&token, now, rt.expiry)).await? {
+            return Ok(SessionCtx {
+                token: Some(token),
+                session,
+            });
+        }
+    }
+    let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
+    let session = Session::new(public_id, now);
+    let token = match store_call(state.store.create(&session, rt.expiry)).await {
+        Ok(token) => Some(token),
+        // Full of sessions that may not be evicted: serve this request without
+        // keeping its session rather than failing it.
+        Err(ProxyError::Store(StoreError::Full)) => {
+            tracing::warn!("session store full of logged-in sessions; new session not kept");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    if let Some(token) = &token {
+        outcome.set_cookie = rt.cookie.set_cookie(token);
+    }
+    Ok(SessionCtx { token, session })
+}
+
+/// Methods that change state (RFC 9110 §9.2.1 "unsafe").
+fn is_unsafe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// Refuses a cross-site unsafe request: `Sec-Fetch-Site: cross-site`, or without that
+/// header an `Origin` other than this origin.
+pub(crate) fn check_csrf<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if !is_unsafe(request.method()) {
+        return Ok(());
+    }
+    let headers = request.headers();
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return match site.as_bytes() {
+            b"cross-site" => Err(ProxyError::CrossSite),
+            _ => Ok(()),
+        };
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let same = match (origin.to_str().ok(), host) {
+        (Some(origin), Some(host)) => origin
+            .strip_prefix("https://")
+            .is_some_and(|o| o.eq_ignore_ascii_case(host) || same_default_port(o, host)),
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(ProxyError::CrossSite)
+    }
+}
+
+/// `https://example.com` and `Host: example.com:443` are the same origin.
+fn same_default_port(origin_host: &str, host: &str) -> bool {
+    let strip = |h: &str| h.strip_suffix(":443").unwrap_or(h).to_ascii_lowercase();
+    strip(origin_host) == strip(host)
+}
+
+/// For `require_user` routes: the answer to a request without a user, if any.
+pub(crate) fn require_user<B>(
+    route: &RouteConfig,
+    ctx: &SessionCtx,
+    request: &Request<B>,
+) -> Option<Response<ResponseBody>> {
+    if !route.require_user || ctx.session.user().is_some() {
+        return None;
+    }
+    let redirect = matches!(*request.method(), Method::GET | Method::HEAD);
+    match (&route.login_url, redirect) {
+        (Some(login), true) => {
+            let next = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let mut location = login.clone();
+            location.push(if login.contains('?') { '&' } else { '?' });
+            location.push_str("next=");
+            location
+                .push_str(&crate::inject::form_encode(&[(String::new(), next.to_string())])[1..]);
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::FOUND;
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            Some(response)
+        }
+        _ => {
+            let mut response = Response::new(ResponseBody::full("401 login required\n"));
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            Some(response)
+        }
+    }
+}
+
+/// The control headers an upstream sent, taken out of its response.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    set_user: Option<HeaderValue>,
+    set_roles: Option<HeaderValue>,
+    set_data: Vec<HeaderValue>,
+    logout: bool,
+}
+
+/// Removes every control header and every `Set-Cookie` for our cookie from an upstream
+/// response, whatever the route; returns what they asked for.
+pub(crate) fn take_control(
+    headers: &mut HeaderMap,
+    names: &ControlConfig,
+    cookie_name: &str,
+) -> Control {
+    let mut control = Control {
+        set_user: headers.remove(&names.set_user),
+        set_roles: headers.remove(&names.set_roles),
+        ..Control::default()
+    };
+    if headers.contains_key(&names.set_data) {
+        control.set_data = headers.get_all(&names.set_data).iter().cloned().collect();
+        headers.remove(&names.set_data);
+    }
+    control.logout = headers.remove(&names.logout).is_some();
+    if headers.contains_key(header::SET_COOKIE) {
+        let ours = |v: &HeaderValue| {
+            v.as_bytes().starts_with(cookie_name.as_bytes())
+                && v.as_bytes().get(cookie_name.len()) == Some(&b'=')
+        };
+        if headers.get_all(header::SET_COOKIE).iter().any(ours) {
+            let kept: Vec<HeaderValue> = headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter(|v| !ours(v))
+                .cloned()
+                .collect();
+            headers.remove(header::SET_COOKIE);
+            for value in kept {
+                headers.append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    control
+}
+
+impl Control {
+    fn is_empty(&self) -> bool {
+        self.set_user.is_none()
+            && self.set_roles.is_none()
+            && self.set_data.is_empty()
+            && !self.logout
+    }
+}
+
+/// Applies the upstream's control headers to the session: logout destroys it; a new
+/// user or roles regenerate the token (the old cookie no longer carries the identity)
+/// and restart the absolute lifetime; data changes are saved in place.
+pub(crate) async fn apply_control(
+    state: &AppState,
+    rt: &Runtime,
+    ctx: SessionCtx,
+    control: Control,
+    now: u64,
+    outcome: &mut Outcome,
+) -> Result<(), ProxyError> {
+    if control.is_empty() {
+        return Ok(());
+    }
+    let SessionCtx { token, mut session } = ctx;
+    if control.logout {
+        if let Some(token) = &token {
+            store_call(state.store.destroy(token)).await?;
+        }
+        outcome.set_cookie = rt.cookie.expire_cookie();
+        return Ok(());
+    }
+    let identity_changed = control.set_user.is_some() || control.set_roles.is_some();
+    if identity_changed {
+        let old = session.identity.as_deref().cloned().unwrap_or_default();
+        let user = match &control.set_user {
+            Some(value) => bounded(value, MAX_USER_BYTES, "user"),
+            None => old.user,
+        };
+        let roles = match &control.set_roles {
+            Some(value) => bounded(value, MAX_ROLES_BYTES, "roles"),
+            None => old.roles,
+        };
+        session.identity =
+            (user.is_some() || roles.is_some()).then(|| Arc::new(Identity { user, roles }));
+        // A login restarts the absolute lifetime.
+        session.created = now;
+    }
+    let data_changed = !control.set_data.is_empty();
+    if data_changed {
+        let mut data = session.data.as_deref().cloned().unwrap_or_default();
+        for value in &control.set_data {
+            apply_data(&mut data, value);
+        }
+        session.data = (!data.is_empty()).then(|| Arc::new(data));
+    }
+    let Some(token) = token else {
+        return Ok(());
+    };
+    if identity_changed {
+        let fresh = store_call(state.store.regenerate(&token, &session, rt.expiry)).await?;
+        outcome.set_cookie = rt.cookie.set_cookie(&fresh);
+    } else if data_changed {
+        store_call(state.store.save(&token, &session, rt.expiry)).await?;
+    }
+    Ok(())
+}
+
+/// A control value as a string within `limit` bytes; empty means "clear".
+fn bounded(value: &HeaderValue, limit: usize, what: &'static str) -> Option<Box<str>> {
+    let text = value.to_str().ok().map(str::trim)?;
+    if text.len() > limit {
+        tracing::warn!(what, limit, "control header value too long; ignored");
+        return None;
+    }
+    (!text.is_empty()).then(|| text.into())
+}
+
+/// Applies one `key=value` (percent-encoded parts; `key=` deletes) to `data`.
+fn apply_data(data: &mut Vec<(String, String)>, value: &HeaderValue) {
+    let Some((key, val)) = value.to_str().ok().and_then(|v| v.trim().split_once('=')) else {
+        tracing::warn!("set_data control header without '='; ignored");
+        return;
+    };
+    let (Some(key), Some(val)) = (percent_decode(key), percent_decode(val)) else {
+        tracing::warn!("set_data control header is not valid percent-encoded UTF-8; ignored");
+        return;
+    };
+    if key.is_empty() || key.len() > MAX_DATA_KEY_BYTES || val.len() > MAX_DATA_VALUE_BYTES {
+        tracing::warn!(
+            key_limit = MAX_DATA_KEY_BYTES,
+            value_limit = MAX_DATA_VALUE_BYTES,
+            "set_data key or value out of bounds; ignored"
+        );
+        return;
+    }
+    let existing = data.iter().position(|(k, _)| *k == key);
+    match (existing, val.is_empty()) {
+        (Some(i), true) => {
+            data.remove(i);
+        }
+        (Some(i), false) => {
+            if let Some(slot) = data.get_mut(i) {
+                slot.1 = val;
+            }
+        }
+        (None, true) => {}
+        (None, false) if data.len() >= MAX_DATA_ENTRIES => {
+            tracing::warn!(limit = MAX_DATA_ENTRIES, "session data full; entry ignored");
+        }
+        (None, false) => data.push((key, val)),
+    }
+}
+
+/// `POST /.cloakroom/logout`: destroy the session, expire the cookie, `303` to `/` or to a
+/// same-origin `next`.
+pub(crate) async fn logout_endpoint<B>(
+    state: &AppState,
+    rt: &Runtime,
+    request: &Request<B>,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if request.method() != Method::POST {
+        let mut response = Response::new(ResponseBody::full("405 use POST\n"));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return Ok(response);
+    }
+    check_csrf(request)?;
+    if let Some(token) = rt.cookie.find(request.headers()) {
+        store_call(state.store.destroy(&token)).await?;
+    }
+    outcome.set_cookie = rt.cookie.expire_cookie();
+    let next = next_target(request.uri()).unwrap_or_else(|| "/".to_string());
+    let mut response = Response::new(ResponseBody::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(&next) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The `next` query parameter when it is a same-origin path (`/x`, not `//evil` or
+/// `/\evil`, no control characters).
+fn next_target(uri: &Uri) -> Option<String> {
+    let query = uri.query()?;
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("next="))?;
+    let decoded = percent_decode(&raw.replace('+', " "))?;
+    let safe = decoded.starts_with('/')
+        && !decoded.starts_with("//")
+        && !decoded.starts_with("/\\")
+        && !decoded.chars().any(|c| c.is_control());
+    safe.then_some(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().method(method).uri("/x");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn csrf_rules() {
+        let host = ("host", "app.test:8443");
+        assert!(check_csrf(&req(Method::GET, &[host, ("sec-fetch-site", "cross-site")])).is_ok());
+        assert!(check_csrf(&req(
+            Method::POST,
+            &[host, ("sec-fetch-site", "cross-site")]
+        ))
+        .is_err());
+        assert!(check_csrf(&req(Method::POST, &[host, ("sec-fetch-site", "same-site")])).is_ok());
+        assert!(check_csrf(&req(
+            Method::DELETE,
+            &[host, ("origin", "https://evil.test")]
+        ))
+        .is_err());
+        assert!(check_csrf(&req(
+            Method::PUT,
+            &[host, ("origin", "https://app.test:8443")]
+        ))
+        .is_ok());
+        assert!(check_csrf(&req(Method::POST, &[host, ("origin", "null")])).is_err());
+        assert!(check_csrf(&req(
+            Method::POST,
+            &[host, ("origin", "http://app.test:8443")]
+        ))
+        .is_err());
+        assert!(check_csrf(&req(
+            Method::POST,
+            &[("host", "a.test"), ("origin", "https://a.test:443")]
+        ))
+        .is_ok());
+        assert!(
+            check_csrf(&req(Method::POST, &[host])).is_ok(),
+            "no Origin, no Sec-Fetch-Site: allowed"
+        );
+    }
+
+    #[test]
+    fn next_must_be_same_origin() {
+        let t = |q: &str| next_target(&format!("/.cloakroom/logout?{q}").parse().unwrap());
+        assert_eq!(t("next=/home").as_deref(), Some("/home"));
+        assert_eq!(t("next=%2Fa%3Fb%3D1").as_deref(), Some("/a?b=1"));
+        assert_eq!(t("next=//evil.test"), None);
+        assert_eq!(t("next=/%5Cevil.test"), None);
+        assert_eq!(t("next=https://evil.test"), None);
+        assert_eq!(t("x=1"), None);
+    }
+
+    #[test]
+    fn data_updates() {
+        let mut data = Vec::new();
+        apply_data(&mut data, &HeaderValue::from_static("cart=3"));
+        apply_data(&mut data, &HeaderValue::from_static("theme=dark%20blue"));
+        apply_data(&mut data, &HeaderValue::from_static("cart=4"));
+        assert_eq!(
+            data,
+            vec![
+                ("cart".into(), "4".into()),
+                ("theme".into(), "dark blue".into())
+            ]
+        );
+        apply_data(&mut data, &HeaderValue::from_static("cart="));
+        apply_data(&mut data, &HeaderValue::from_static("junk"));
+        assert_eq!(data, vec![("theme".into(), "dark blue".into())]);
+        let long = format!("k={}", "v".repeat(MAX_DATA_VALUE_BYTES + 1));
+        apply_data(&mut data, &HeaderValue::from_str(&long).unwrap());
+        assert_eq!(data.len(), 1);
+    }
+
+    #[test]
+    fn control_headers_are_taken_and_our_set_cookie_dropped() {
+        let names = ControlConfig {
+            set_user: "x-session-set-user".parse().unwrap(),
+            set_roles: "x-session-set-roles".parse().unwrap(),
+            set_data: "x-session-set-data".parse().unwrap(),
+            logout: "x-session-logout".parse().unwrap(),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-session-set-user", HeaderValue::from_static("ann"));
+        h.append("x-session-set-data", HeaderValue::from_static("a=1"));
+        h.append("x-session-set-data", HeaderValue::from_static("b=2"));
+        h.insert("x-session-logout", HeaderValue::from_static(""));
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("__Host-cr=evil; Path=/"),
+        );
+        h.append("set-cookie", HeaderValue::from_static("app=1"));
+        let c = take_control(&mut h, &names, "__Host-cr");
+        assert!(c.logout && c.set_user.is_some() && c.set_data.len() == 2);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["set-cookie"], "app=1");
+    }
+}
