@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod inject;
 pub mod listener;
 pub mod proxy;
@@ -151,6 +152,7 @@ pub async fn run(
         accept_loops.spawn(admin::serve(admin, state.clone(), stop_rx.clone()));
     }
     let mut background = JoinSet::new();
+    background.spawn(health::run(state.clone(), stop_rx.clone()));
     if let Some(memory) = state.memory.clone() {
         background.spawn(reap_sessions(memory, state.clone(), stop_rx.clone()));
     }

@@ -14,13 +14,16 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
-use super::{session, ConnCtx, ProxyError};
+use super::session::{self, SessionCtx};
+use super::{ConnCtx, ProxyError};
+use crate::config::Affinity;
 use crate::inject;
 use crate::router::{normalize_host, RouteId};
 use crate::session::{now_ms, PublicId, Session};
 use crate::state::{AppState, Runtime};
+use crate::upstream::affinity::{self, Choice, SessionKey};
 use crate::upstream::client::{self, Deadlines, InFlight};
-use crate::upstream::{balancer, Backend, BackendId, SendError, UpstreamError, UpstreamPool};
+use crate::upstream::{Backend, BackendId, SendError, UpstreamError, UpstreamPool};
 
 /// What the pipeline reports to the handler besides the response: the log fields, and
 /// the session cookie to set, which goes on whatever response the client gets (an
@@ -77,7 +80,7 @@ pub(crate) async fn run(
         if route.csrf {
             session::check_csrf(&request)?;
         }
-        let ctx = session::begin(state, rt, request.headers(), now, log).await?;
+        let ctx = session::find(state, rt, request.headers(), now).await?;
         log.session = Some(ctx.session.public_id);
         if let Some(response) = session::require_user(route, &ctx, &request) {
             return Ok(response);
@@ -103,7 +106,8 @@ pub(crate) async fn run(
         response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
         pool_idle: rt.config.timeouts.upstream_idle,
     };
-    let sent = send(pool, upstream_request, deadlines, tunnel, log).await;
+    let mut ctx = ctx;
+    let sent = send(pool, ctx.as_mut(), upstream_request, deadlines, tunnel, log).await;
     let response = match sent {
         Ok(response) => response,
         Err(_) if exceeded.load(Ordering::Relaxed) => {
@@ -117,7 +121,7 @@ pub(crate) async fn run(
     let control =
         session::take_control(response.headers_mut(), &rt.config.control, rt.cookie.name());
     if let Some(ctx) = ctx {
-        session::apply_control(state, rt, ctx, control, now, log).await?;
+        session::commit(state, rt, ctx, control, now, log).await?;
     }
     Ok(response)
 }
@@ -237,11 +241,13 @@ fn idempotent(method: &Method) -> bool {
 /// Most servers one request is tried on.
 const MAX_ATTEMPTS: usize = 3;
 
-/// Sends the request to a server of `pool`, retrying on another server when the connect
-/// failed (the request came back untouched), or when an idempotent request without a
-/// body failed after it was sent.
+/// Sends the request to a server of `pool` chosen by affinity, retrying on another
+/// server when the connect failed (the request came back untouched, any method), or
+/// when an idempotent request without a body failed after it was sent. A server whose
+/// connect fails is marked down. The session's pin follows the server that answered.
 async fn send(
     pool: &UpstreamPool,
+    mut ctx: Option<&mut SessionCtx>,
     mut request: Request<RequestBody>,
     deadlines: Deadlines,
     tunnel: bool,
@@ -256,15 +262,45 @@ async fn send(
                     request.headers().clone(),
                 )
             });
+    let key = ctx.as_deref().map(|c| SessionKey {
+        public_id: c.session.public_id,
+        pinned: c.session.pinned,
+    });
     let mut tried: Vec<BackendId> = Vec::new();
     loop {
-        let backend = choose_backend(pool, &tried)?;
+        let (backend, repinned) = match affinity::choose(pool, key, &tried) {
+            Choice::Server { backend, repinned } => (backend, repinned),
+            Choice::PinnedDown => {
+                return Err(ProxyError::PinnedDown {
+                    upstream: pool.name.clone(),
+                })
+            }
+            Choice::NoServer => {
+                return Err(ProxyError::NoHealthyUpstream {
+                    upstream: pool.name.clone(),
+                })
+            }
+        };
         log.backend = Some(backend.name.clone());
+        if key.is_some() {
+            if repinned {
+                request
+                    .headers_mut()
+                    .insert(inject::REPINNED.clone(), HeaderValue::from_static("1"));
+            } else {
+                request.headers_mut().remove(&inject::REPINNED);
+            }
+        }
         let in_flight = InFlight::new(&backend.state);
         let result = client::send(&backend.state, request, deadlines, tunnel).await;
         drop(in_flight);
         let error = match result {
-            Ok(response) => return Ok(response),
+            Ok(response) => {
+                if let Some(ctx) = ctx.as_deref_mut() {
+                    pin(pool, ctx, backend, repinned);
+                }
+                return Ok(response);
+            }
             Err(SendError {
                 error,
                 request: Some(back),
@@ -287,6 +323,9 @@ async fn send(
                 _ => return Err(error.into()),
             },
         };
+        if error.is_connect_failure() {
+            backend.state.mark_down(&pool.name, &backend.name, &error);
+        }
         tracing::warn!(
             upstream = %pool.name,
             backend = %backend.name,
@@ -300,14 +339,21 @@ async fn send(
     }
 }
 
-/// Picks the server for this attempt.
-fn choose_backend<'a>(
-    pool: &'a UpstreamPool,
-    tried: &[BackendId],
-) -> Result<&'a Backend, ProxyError> {
-    balancer::pick(pool, tried).ok_or_else(|| ProxyError::NoHealthyUpstream {
-        upstream: pool.name.clone(),
-    })
+/// Records the server that answered as the session's pin (`sticky` only).
+fn pin(pool: &UpstreamPool, ctx: &mut SessionCtx, backend: &Backend, repinned: bool) {
+    if pool.affinity != Affinity::Sticky || ctx.session.pinned == Some(backend.id) {
+        return;
+    }
+    if repinned {
+        tracing::info!(
+            upstream = %pool.name,
+            backend = %backend.name,
+            session = %ctx.session.public_id.encode(),
+            "session re-pinned"
+        );
+    }
+    ctx.session.pinned = Some(backend.id);
+    ctx.pin_changed = true;
 }
 
 /// Turns the upstream response into the client's: hop-by-hop headers removed, and for

@@ -34,9 +34,12 @@ const MAX_DATA_ENTRIES: usize = 32;
 /// The session of the request being served.
 #[derive(Debug)]
 pub(crate) struct SessionCtx {
-    /// `None` when the store was full and the session lives for this request only.
+    /// `None` for a session started by this request: it is stored in [`commit`], once
+    /// its server is known, in one write.
     pub(crate) token: Option<Token>,
     pub(crate) session: Session,
+    /// The session was pinned to another server by this request.
+    pub(crate) pin_changed: bool,
 }
 
 /// Runs a store call under the deadline.
@@ -48,38 +51,28 @@ async fn store_call<T>(call: impl Future<Output = Result<T, StoreError>>) -> Res
     }
 }
 
-/// Finds the request's session, or starts one (and queues its cookie).
-pub(crate) async fn begin(
+/// Finds the request's session, or starts a new one (stored later by [`commit`]).
+pub(crate) async fn find(
     state: &AppState,
     rt: &Runtime,
     headers: &HeaderMap,
     now: u64,
-    outcome: &mut Outcome,
 ) -> Result<SessionCtx, ProxyError> {
     if let Some(token) = rt.cookie.find(headers) {
         if let Some(session) = store_call(state.store.load(&token, now, rt.expiry)).await? {
             return Ok(SessionCtx {
                 token: Some(token),
                 session,
+                pin_changed: false,
             });
         }
     }
     let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
-    let session = Session::new(public_id, now);
-    let token = match store_call(state.store.create(&session, rt.expiry)).await {
-        Ok(token) => Some(token),
-        // Full of sessions that may not be evicted: serve this request without
-        // keeping its session rather than failing it.
-        Err(ProxyError::Store(StoreError::Full)) => {
-            tracing::warn!("session store full of logged-in sessions; new session not kept");
-            None
-        }
-        Err(error) => return Err(error),
-    };
-    if let Some(token) = &token {
-        outcome.set_cookie = rt.cookie.set_cookie(token);
-    }
-    Ok(SessionCtx { token, session })
+    Ok(SessionCtx {
+        token: None,
+        session: Session::new(public_id, now),
+        pin_changed: false,
+    })
 }
 
 /// Methods that change state (RFC 9110 §9.2.1 "unsafe").
@@ -214,19 +207,11 @@ pub(crate) fn take_control(
     control
 }
 
-impl Control {
-    fn is_empty(&self) -> bool {
-        self.set_user.is_none()
-            && self.set_roles.is_none()
-            && self.set_data.is_empty()
-            && !self.logout
-    }
-}
-
-/// Applies the upstream's control headers to the session: logout destroys it; a new
-/// user or roles regenerate the token (the old cookie no longer carries the identity)
-/// and restart the absolute lifetime; data changes are saved in place.
-pub(crate) async fn apply_control(
+/// Settles the session after the upstream answered, in at most one store write:
+/// logout destroys it; a new session is stored (with its pin and anything the upstream
+/// set); a new user or roles regenerate the token (the old cookie no longer carries the
+/// identity) and restart the absolute lifetime; data or pin changes are saved in place.
+pub(crate) async fn commit(
     state: &AppState,
     rt: &Runtime,
     ctx: SessionCtx,
@@ -234,15 +219,16 @@ pub(crate) async fn apply_control(
     now: u64,
     outcome: &mut Outcome,
 ) -> Result<(), ProxyError> {
-    if control.is_empty() {
-        return Ok(());
-    }
-    let SessionCtx { token, mut session } = ctx;
+    let SessionCtx {
+        token,
+        mut session,
+        pin_changed,
+    } = ctx;
     if control.logout {
         if let Some(token) = &token {
             store_call(state.store.destroy(token)).await?;
+            outcome.set_cookie = rt.cookie.expire_cookie();
         }
-        outcome.set_cookie = rt.cookie.expire_cookie();
         return Ok(());
     }
     let identity_changed = control.set_user.is_some() || control.set_roles.is_some();
@@ -269,14 +255,24 @@ pub(crate) async fn apply_control(
         }
         session.data = (!data.is_empty()).then(|| Arc::new(data));
     }
-    let Some(token) = token else {
-        return Ok(());
-    };
-    if identity_changed {
-        let fresh = store_call(state.store.regenerate(&token, &session, rt.expiry)).await?;
-        outcome.set_cookie = rt.cookie.set_cookie(&fresh);
-    } else if data_changed {
-        store_call(state.store.save(&token, &session, rt.expiry)).await?;
+    match token {
+        None => match store_call(state.store.create(&session, rt.expiry)).await {
+            Ok(token) => outcome.set_cookie = rt.cookie.set_cookie(&token),
+            // Full of sessions that may not be evicted: this request was served, its
+            // session is not kept.
+            Err(ProxyError::Store(StoreError::Full)) => {
+                tracing::warn!("session store full of logged-in sessions; new session not kept");
+            }
+            Err(error) => return Err(error),
+        },
+        Some(token) if identity_changed => {
+            let fresh = store_call(state.store.regenerate(&token, &session, rt.expiry)).await?;
+            outcome.set_cookie = rt.cookie.set_cookie(&fresh);
+        }
+        Some(token) if data_changed || pin_changed => {
+            store_call(state.store.save(&token, &session, rt.expiry)).await?;
+        }
+        Some(_) => {}
     }
     Ok(())
 }

@@ -64,6 +64,18 @@ pub enum UpstreamError {
     Timeout { addr: SocketAddr, after: Duration },
 }
 
+impl UpstreamError {
+    /// The server could not be reached at all: it is down (passive health).
+    pub(crate) fn is_connect_failure(&self) -> bool {
+        match self {
+            UpstreamError::Connect { .. }
+            | UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::Handshake { .. } => true,
+            UpstreamError::Exchange { .. } | UpstreamError::Timeout { .. } => false,
+        }
+    }
+}
+
 /// A failed send. `request` is the request given back when none of it reached the
 /// server, so it may be retried anywhere.
 #[derive(Debug)]

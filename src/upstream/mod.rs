@@ -7,6 +7,7 @@
 //! runtime that names the same server. Sessions refer to servers by [`BackendId`], a hash
 //! of the upstream and server names, never by address.
 
+pub(crate) mod affinity;
 pub(crate) mod balancer;
 pub(crate) mod client;
 
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::config::{Affinity, Balance, HealthConfig, OnPinnedDown, UpstreamConfig};
 
@@ -46,7 +48,23 @@ pub struct BackendState {
     pub(crate) healthy: AtomicBool,
     /// Idle keep-alive connections, most recently used last.
     pub(crate) idle: Mutex<Vec<client::IdleConn>>,
+    /// Health-check bookkeeping; touched by the health task and on passive failures.
+    pub(crate) probe: Mutex<Probe>,
 }
+
+/// Consecutive check results and when the next check or probe is due.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    pub(crate) passes: u32,
+    pub(crate) fails: u32,
+    pub(crate) next: Instant,
+    /// Delay of the next reconnect probe of a server marked down (no active check).
+    pub(crate) backoff: Duration,
+}
+
+/// First delay of a reconnect probe; doubles up to [`MAX_BACKOFF`].
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl BackendState {
     fn new(addr: SocketAddr) -> Self {
@@ -55,12 +73,51 @@ impl BackendState {
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             idle: Mutex::new(Vec::new()),
+            probe: Mutex::new(Probe {
+                passes: 0,
+                fails: 0,
+                next: Instant::now(),
+                backoff: FIRST_BACKOFF,
+            }),
         }
     }
 
     /// Whether requests may go here.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn probe(&self) -> std::sync::MutexGuard<'_, Probe> {
+        match self.probe.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Takes the server out of rotation (logged once per transition). Pooled connections
+    /// are dropped; a probe or the active check brings it back.
+    pub(crate) fn mark_down(&self, upstream: &str, server: &str, why: &dyn std::fmt::Display) {
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream, backend = server, reason = %why, "server marked down");
+            let mut probe = self.probe();
+            probe.passes = 0;
+            probe.backoff = FIRST_BACKOFF;
+            probe.next = Instant::now() + FIRST_BACKOFF;
+            drop(probe);
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.clear();
+            }
+        }
+    }
+
+    /// Puts the server back into rotation (logged once per transition).
+    pub(crate) fn mark_up(&self, upstream: &str, server: &str) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(upstream, backend = server, "server is up again");
+            let mut probe = self.probe();
+            probe.fails = 0;
+            probe.backoff = FIRST_BACKOFF;
+        }
     }
 }
 
@@ -85,6 +142,10 @@ pub struct UpstreamPool {
     pub on_pinned_down: OnPinnedDown,
     pub health: Option<HealthConfig>,
     pub(crate) cursor: AtomicUsize,
+    /// Smooth weighted round-robin order of `backends` indices.
+    pub(crate) schedule: Vec<usize>,
+    /// Random seed of this pool (for `random` balancing).
+    pub(crate) seed: u64,
 }
 
 impl UpstreamPool {
@@ -131,8 +192,11 @@ impl BackendRegistry {
                         }
                     })
                     .collect();
+                let weights: Vec<u32> = up.servers.iter().map(|s| s.weight).collect();
                 Arc::new(UpstreamPool {
                     name: up.name.clone(),
+                    schedule: balancer::schedule(&weights),
+                    seed: u64::from_le_bytes(crate::session::random_bytes::<8>().unwrap_or([7; 8])),
                     backends,
                     balance: up.balance,
                     affinity: up.affinity,
