@@ -62,6 +62,10 @@ impl Drop for Busy {
 pub(crate) struct ClientDeadlines {
     pub(crate) header_read: Duration,
     pub(crate) idle: Duration,
+    /// HTTP/1: bytes arriving while no request is in flight start a request head, which
+    /// must complete within `header_read`. Not for HTTP/2, whose idle connections carry
+    /// frames (PING, SETTINGS) that are no request.
+    pub(crate) head_rule: bool,
 }
 
 /// An IO stream that ends itself when the client idles or dribbles its request head.
@@ -87,8 +91,9 @@ impl<T> DeadlineIo<T> {
             deadlines,
             sleep: Box::pin(tokio::time::sleep_until(now + deadlines.header_read)),
             last_io: now,
-            // A new connection must send its first request head within `header_read`.
-            head_since: Some(now),
+            // A new HTTP/1 connection must send its first request head within
+            // `header_read`; an HTTP/2 one only has to stay active within `client_idle`.
+            head_since: deadlines.head_rule.then_some(now),
             started_seen: 0,
         }
     }
@@ -123,7 +128,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                 if buf.filled().len() > before {
                     this.last_io = Instant::now();
                     let idle = this.activity.in_flight.load(Ordering::Relaxed) == 0;
-                    if idle && this.head_since.is_none() {
+                    if idle && this.head_since.is_none() && this.deadlines.head_rule {
                         this.head_since = Some(this.last_io);
                         this.started_seen = this.activity.started.load(Ordering::Relaxed);
                     }
@@ -208,8 +213,9 @@ pub(crate) fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecut
         // The exact 431 limit is checked per request; this only bounds memory.
         .max_header_list_size(u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX))
         .max_concurrent_streams(250)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
+        // No server PINGs: their answers would count as activity and keep idle
+        // connections open forever; `client_idle` closes dead and idle peers alike.
+        .keep_alive_interval(None);
     builder
 }
 
@@ -291,6 +297,7 @@ async fn serve_connection(
         .1
         .server_name()
         .map(|name| name.to_ascii_lowercase().into_boxed_str());
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         peer,
@@ -303,6 +310,7 @@ async fn serve_connection(
         ClientDeadlines {
             header_read: timeouts.header_read,
             idle: timeouts.client_idle,
+            head_rule: !h2,
         },
     );
     let service = service_fn(move |request| proxy::serve(state.clone(), ctx.clone(), request));
