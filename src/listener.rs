@@ -301,6 +301,7 @@ async fn serve_connection(
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         peer,
+        peer_value: crate::proxy::headers::peer_value(peer.ip()),
         sni,
         activity: activity.clone(),
     });

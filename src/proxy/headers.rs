@@ -62,14 +62,11 @@ pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host`. A client's own `X-Forwarded-For` is extended only
-/// when `trusted` (the peer is a trusted proxy); otherwise it is replaced by the peer.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str, trusted: bool) {
-    let mut ip_buf = String::with_capacity(48);
-    {
-        use std::fmt::Write;
-        let _ = write!(ip_buf, "{peer}");
-    }
+/// Sets `X-Forwarded-For/-Proto/-Host`. `peer` is the client address as a header
+/// value (formatted once per connection). A client's own `X-Forwarded-For` is extended
+/// only when `trusted` (the peer is a trusted proxy); otherwise it is replaced.
+/// `X-Forwarded-Host` repeats the request's `Host`.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
     let prior = if trusted {
         let joined: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -80,25 +77,31 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str, t
     } else {
         None
     };
-    let value = match prior {
-        Some(prior) => format!("{prior}, {ip_buf}"),
-        None => ip_buf,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    let extended = prior.and_then(|prior| {
+        let peer = peer.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{prior}, {peer}")).ok()
+    });
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        extended.unwrap_or_else(|| peer.clone()),
+    );
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    match HeaderValue::from_str(host) {
-        Ok(value) => {
-            headers.insert(X_FORWARDED_HOST.clone(), value);
+    match headers.get(header::HOST).cloned() {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
         }
-        Err(_) => {
+        None => {
             headers.remove(&X_FORWARDED_HOST);
         }
     }
     if !trusted {
         headers.remove(header::FORWARDED);
     }
+}
+
+/// The header value of a peer address.
+pub(crate) fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Joins several `Cookie` headers (HTTP/2 sends one per cookie) into one, as HTTP/1.1
@@ -180,9 +183,9 @@ mod tests {
 
     #[test]
     fn forwarded_for_replaced_unless_trusted() {
-        let peer: IpAddr = "10.0.0.9".parse().unwrap();
-        let mut h = map(&[("x-forwarded-for", "6.6.6.6")]);
-        set_forwarded(&mut h, peer, "app.test", false);
+        let peer = peer_value("10.0.0.9".parse().unwrap());
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("host", "app.test")]);
+        set_forwarded(&mut h, &peer, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.test");
@@ -190,7 +193,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        set_forwarded(&mut h, peer, "app.test", true);
+        set_forwarded(&mut h, &peer, true);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
     }
 

@@ -28,6 +28,8 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
     pub(crate) peer: SocketAddr,
+    /// The peer's IP as a header value, for `X-Forwarded-For`.
+    pub(crate) peer_value: http::HeaderValue,
     /// Lower-case TLS server name, when the client sent one.
     pub(crate) sni: Option<Box<str>>,
     pub(crate) activity: Arc<Activity>,

@@ -218,14 +218,8 @@ fn build_upstream_request(
     if let Some(session) = session {
         inject::inject(&mut parts.headers, &rt.inject, session);
     }
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    let host = host.to_owned();
     let trusted = rt.config.listen.trusted_proxies.contains(&conn.peer.ip());
-    headers::set_forwarded(&mut parts.headers, conn.peer.ip(), &host, trusted);
+    headers::set_forwarded(&mut parts.headers, &conn.peer_value, trusted);
     let body = RequestBody::limited(body, rt.config.limits.max_body_bytes, exceeded.clone());
     Ok(Request::from_parts(parts, body))
 }
