@@ -5,7 +5,7 @@
 //!   a server down, `rise` consecutive passes mark it up.
 //! - Passive detection (in the pipeline): a refused, reset or timed-out connect marks a
 //!   server down at once. Without active checks, a server marked down is probed with a
-//!   TCP connect after 0.5 s, then 1 s, 2 s, … up to 30 s, and is up again on success.
+//!   TCP connect after 0.5 s, then 1 s, 2 s, … up to 5 s, and is up again on success.
 //!
 //! One task owns every check; state lives in each server's `BackendState`, keyed by
 //! `(upstream, address)`, so it carries over across reloads.

@@ -127,6 +127,8 @@ pub async fn run(
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (cut_tx, cut_rx) = watch::channel(false);
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let https_port = listeners
         .https
         .local_addr()
@@ -142,6 +144,8 @@ pub async fn run(
             builder: Arc::new(listener::http_builder(max_header_bytes)),
             permits: Arc::new(Semaphore::new(max_connections)),
             graceful: graceful.clone(),
+            cut: cut_rx,
+            open: open.clone(),
         },
         stop_rx.clone(),
     ));
@@ -178,9 +182,8 @@ pub async fn run(
     let grace = state.runtime().config.timeouts.shutdown_grace;
     let _ = stop_tx.send(true);
     while accept_loops.join_next().await.is_some() {}
-    let open = graceful.count();
     tracing::info!(
-        connections = open,
+        connections = open.load(std::sync::atomic::Ordering::Relaxed),
         ?grace,
         "shutting down: finishing in-flight requests"
     );
@@ -191,10 +194,20 @@ pub async fn run(
         Err(_) => false,
     };
     if !finished {
+        let cut = open.load(std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             ?grace,
+            connections = cut,
             "shutdown grace period over; cutting the remaining connections"
         );
+        let _ = cut_tx.send(true);
+        // Give the cut connections a moment to close their sockets.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while open.load(std::sync::atomic::Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     background.shutdown().await;
     Ok(())

@@ -226,6 +226,10 @@ pub(crate) struct Acceptor {
     pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) graceful: Arc<GracefulShutdown>,
+    /// Flips when the shutdown grace period is over: connections still open are cut.
+    pub(crate) cut: watch::Receiver<bool>,
+    /// Open client connections (after the handshake started).
+    pub(crate) open: Arc<AtomicUsize>,
 }
 
 impl Acceptor {
@@ -264,10 +268,35 @@ pub(crate) async fn serve_https(
         let tls = acceptor.tls.clone();
         let builder = acceptor.builder.clone();
         let watcher = acceptor.watcher();
+        let mut cut = acceptor.cut.clone();
+        let open = OpenGuard::new(&acceptor.open);
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, peer, state, tls, builder, watcher).await;
+            let _open = open;
+            tokio::select! {
+                () = serve_connection(stream, peer, state, tls, builder, watcher) => {}
+                // Dropping the connection future closes the socket.
+                _ = cut.wait_for(|cut| *cut) => {
+                    tracing::debug!(%peer, "connection cut at the end of the shutdown grace period");
+                }
+            }
         });
+    }
+}
+
+/// Counts an open connection until dropped.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open.clone())
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -22,7 +22,7 @@ use crate::router::{normalize_host, RouteId};
 use crate::session::{now_ms, PublicId, Session};
 use crate::state::{AppState, Runtime};
 use crate::upstream::affinity::{self, Choice, SessionKey};
-use crate::upstream::client::{self, Deadlines, InFlight};
+use crate::upstream::client::{self, Deadlines};
 use crate::upstream::{Backend, BackendId, SendError, UpstreamError, UpstreamPool};
 
 /// What the pipeline reports to the handler besides the response: the log fields, and
@@ -285,9 +285,7 @@ async fn send(
                 request.headers_mut().remove(&inject::REPINNED);
             }
         }
-        let in_flight = InFlight::new(&backend.state);
         let result = client::send(&backend.state, request, deadlines, tunnel).await;
-        drop(in_flight);
         let error = match result {
             Ok(response) => {
                 if let Some(ctx) = ctx.as_deref_mut() {

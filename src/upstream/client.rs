@@ -165,6 +165,8 @@ pub(crate) async fn send(
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, SendError> {
     let addr = state.addr;
+    // Counted until the response body is done (or the attempt failed), for least_conn.
+    let in_flight = InFlight::new(state);
     let pooled = if upgrade {
         None
     } else {
@@ -197,6 +199,7 @@ pub(crate) async fn send(
                     inner: body,
                     sender: keep.then_some(sender),
                     state: state.clone(),
+                    in_flight: Some(in_flight),
                 }));
             }
             Ok(Err(mut err)) => {
@@ -245,10 +248,12 @@ pub struct UpstreamBody {
     inner: Incoming,
     sender: Option<SendRequest<RequestBody>>,
     state: Arc<BackendState>,
+    in_flight: Option<InFlight>,
 }
 
 impl UpstreamBody {
     fn release(&mut self) {
+        self.in_flight = None;
         if let Some(sender) = self.sender.take() {
             self.state.checkin(sender);
         }
@@ -268,7 +273,10 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.sender = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.sender = None;
+                this.in_flight = None;
+            }
             _ => {}
         }
         polled
@@ -294,10 +302,10 @@ impl Drop for UpstreamBody {
 
 /// Counts a request as in flight on a server until dropped.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<BackendState>);
+struct InFlight(Arc<BackendState>);
 
 impl InFlight {
-    pub(crate) fn new(state: &Arc<BackendState>) -> Self {
+    fn new(state: &Arc<BackendState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(state.clone())
     }

@@ -64,7 +64,7 @@ pub(crate) struct Probe {
 
 /// First delay of a reconnect probe; doubles up to [`MAX_BACKOFF`].
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl BackendState {
     fn new(addr: SocketAddr) -> Self {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -226,7 +226,11 @@ impl Recorded {
     /// The single value of header `name`; panics if there are several.
     pub fn one(&self, name: &str) -> Option<String> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "header {name} appears {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "header {name} appears {} times: {all:?}",
+            all.len()
+        );
         all.into_iter().next()
     }
 }
@@ -379,7 +383,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn full(body: impl Into<Bytes>) -> MockBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 async fn mock_handle(
@@ -436,10 +442,13 @@ async fn mock_handle(
             .unwrap_or(HeaderValue::from_static("websocket"));
         let mut response = Response::new(full(Bytes::new()));
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        response.headers_mut().insert(http::header::UPGRADE, protocol);
         response
             .headers_mut()
-            .insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            .insert(http::header::UPGRADE, protocol);
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("upgrade"),
+        );
         return Ok(response);
     }
 
@@ -474,8 +483,6 @@ async fn mock_handle(
     }
     Ok(response)
 }
-
-use http_body_util::BodyExt;
 
 // ---------------------------------------------------------------------------------------
 // Proxy
@@ -595,28 +602,14 @@ impl TestProxy {
         format!("localhost:{}", self.https_addr.port())
     }
 
-    fn client_builder(&self) -> reqwest::ClientBuilder {
-        let ca = reqwest::Certificate::from_pem(self.pki.ca_pem().as_bytes()).expect("CA pem");
-        let mut builder = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(60));
-        for host in TEST_HOSTS {
-            builder = builder.resolve(host, self.https_addr);
-        }
-        builder
-    }
-
     /// A client that negotiates the protocol by ALPN (HTTP/2 with this proxy).
     pub fn client(&self) -> reqwest::Client {
-        self.client_builder().build().expect("client")
+        reqwest_client(&self.pki, self.https_addr, false)
     }
 
     /// A client that speaks only HTTP/1.1.
     pub fn client_h1(&self) -> reqwest::Client {
-        self.client_builder().http1_only().build().expect("client")
+        reqwest_client(&self.pki, self.https_addr, true)
     }
 
     /// A raw TLS connection offering only `http/1.1`, SNI `localhost`.
@@ -645,6 +638,26 @@ impl TestProxy {
             Err(_) => panic!("the proxy did not stop within {within:?}"),
         }
     }
+}
+
+/// A reqwest client that trusts only `pki`'s CA, resolves every name in [`TEST_HOSTS`]
+/// to `addr`'s IP (the URL carries the port), never follows redirects and keeps no
+/// cookies. ALPN picks HTTP/2 unless `http1_only`.
+pub fn reqwest_client(pki: &TestPki, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).expect("CA pem");
+    let mut builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(60));
+    for host in TEST_HOSTS {
+        builder = builder.resolve(host, addr);
+    }
+    if http1_only {
+        builder = builder.http1_only();
+    }
+    builder.build().expect("client")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -725,10 +738,8 @@ impl RawConn {
 
     /// Reads more bytes into the buffer; `Ok(0)` at EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 16384];
-        let n = self.stream.read(&mut chunk).await?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        self.buf.reserve(16384);
+        self.stream.read_buf(&mut self.buf).await
     }
 
     async fn need(&mut self, len: usize) -> io::Result<()> {
@@ -805,8 +816,11 @@ impl RawConn {
         if chunked {
             loop {
                 let size_line = self.line().await?;
-                let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")
+                        })?;
                 if size == 0 {
                     // Trailers, then the empty line.
                     while !self.line().await?.is_empty() {}
