@@ -368,7 +368,25 @@ fn next_target(uri: &Uri) -> Option<String> {
         && !decoded.starts_with("//")
         && !decoded.starts_with("/\\")
         && !decoded.chars().any(|c| c.is_control());
-    safe.then_some(decoded)
+    safe.then(|| uri_reference(&decoded))
+}
+
+/// Percent-encodes what may not stand in a URI reference (space, non-ASCII, `%`,
+/// quotes, …), keeping its structure (`/`, `?`, `&`, `=`, `#`).
+fn uri_reference(text: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        let keep = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&byte);
+        if keep {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -429,6 +447,9 @@ mod tests {
         assert_eq!(t("next=/%5Cevil.test"), None);
         assert_eq!(t("next=https://evil.test"), None);
         assert_eq!(t("x=1"), None);
+        assert_eq!(t("next=/a%20b").as_deref(), Some("/a%20b"));
+        assert_eq!(t("next=/%C3%BC?q=1").as_deref(), Some("/%C3%BC?q=1"));
+        assert_eq!(t("next=/100%25").as_deref(), Some("/100%25"));
     }
 
     #[test]

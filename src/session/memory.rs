@@ -86,6 +86,8 @@ impl Entry {
 
 /// How many entries an eviction looks at.
 const EVICTION_SAMPLE: usize = 32;
+/// How often a creator retries eviction when racing other creators.
+const EVICTION_ATTEMPTS: usize = 16;
 
 /// The in-memory store.
 #[derive(Debug)]
@@ -122,6 +124,7 @@ impl MemoryStore {
     }
 
     /// Inserts under a token that is not in use (NX); a collision draws a new token.
+    /// The caller has accounted for the entry in `count`.
     fn insert_new(&self, entry: Entry) -> Result<Token, StoreError> {
         let user = entry.user().map(Box::<str>::from);
         let mut entry = Some(entry);
@@ -131,7 +134,6 @@ impl MemoryStore {
                 if let Some(entry) = entry.take() {
                     slot.insert(entry);
                 }
-                self.count.fetch_add(1, Ordering::Relaxed);
                 if let Some(user) = user {
                     self.users.entry(user).or_default().push(token);
                 }
@@ -141,41 +143,56 @@ impl MemoryStore {
         Err(StoreError::Backend("could not draw an unused token".into()))
     }
 
-    /// Makes room for one more session if the store is at its bound.
-    fn make_room(&self, now: u64, expiry: Expiry) -> Result<(), StoreError> {
-        if self.count.load(Ordering::Relaxed) < self.max {
-            return Ok(());
-        }
-        // Sample some entries: prefer an expired one, else the least recently seen
-        // anonymous one. The iterator's guards are dropped before removing.
-        let victim = {
-            let mut best: Option<(Token, bool, u64)> = None;
-            for item in self.sessions.iter().take(EVICTION_SAMPLE) {
-                let entry = item.value();
-                let expired = !entry.is_live(now, expiry);
-                if !expired && entry.extra.is_some() {
-                    continue;
-                }
-                let seen = entry.last_seen.load(Ordering::Relaxed);
-                let better = match best {
-                    None => true,
-                    Some((_, best_expired, best_seen)) => {
-                        (expired && !best_expired) || (expired == best_expired && seen < best_seen)
-                    }
-                };
-                if better {
-                    best = Some((*item.key(), expired, seen));
-                }
+    /// Claims room for one more session under the bound (atomically: concurrent
+    /// creators can never overshoot it).
+    fn reserve(&self) -> bool {
+        self.count
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Reserves room for a new session, evicting if the store is full: an expired
+    /// session first, else the least recently seen anonymous one in a sample. Each
+    /// retry samples further into the map, so concurrent creators pick different
+    /// victims. `Full` when only logged-in sessions are left to evict.
+    fn reserve_evicting(&self, now: u64, expiry: Expiry) -> Result<(), StoreError> {
+        for attempt in 0..EVICTION_ATTEMPTS {
+            if self.reserve() {
+                return Ok(());
             }
-            best.map(|(token, _, _)| token)
-        };
-        match victim {
-            Some(token) => {
-                self.remove(&token);
-                Ok(())
-            }
-            None => Err(StoreError::Full),
+            let Some(victim) = self.pick_victim(attempt * EVICTION_SAMPLE, now, expiry) else {
+                return Err(StoreError::Full);
+            };
+            // Losing the race for this victim is fine: try again.
+            self.remove(&victim);
         }
+        Err(StoreError::Full)
+    }
+
+    /// The eviction victim among `EVICTION_SAMPLE` entries from `skip` on. The
+    /// iterator's guards are dropped before the caller removes anything.
+    fn pick_victim(&self, skip: usize, now: u64, expiry: Expiry) -> Option<Token> {
+        let mut best: Option<(Token, bool, u64)> = None;
+        for item in self.sessions.iter().skip(skip).take(EVICTION_SAMPLE) {
+            let entry = item.value();
+            let expired = !entry.is_live(now, expiry);
+            if !expired && entry.extra.is_some() {
+                continue;
+            }
+            let seen = entry.last_seen.load(Ordering::Relaxed);
+            let better = match best {
+                None => true,
+                Some((_, best_expired, best_seen)) => {
+                    (expired && !best_expired) || (expired == best_expired && seen < best_seen)
+                }
+            };
+            if better {
+                best = Some((*item.key(), expired, seen));
+            }
+        }
+        best.map(|(token, _, _)| token)
     }
 
     /// Removes expired sessions, one shard at a time; returns how many. Run from a
@@ -236,8 +253,11 @@ impl SessionStore for MemoryStore {
     }
 
     async fn create(&self, session: &Session, expiry: Expiry) -> Result<Token, StoreError> {
-        self.make_room(session.last_seen, expiry)?;
+        self.reserve_evicting(session.last_seen, expiry)?;
         self.insert_new(Entry::from_session(session))
+            .inspect_err(|_| {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            })
     }
 
     async fn save(
@@ -264,9 +284,16 @@ impl SessionStore for MemoryStore {
         session: &Session,
         _expiry: Expiry,
     ) -> Result<Token, StoreError> {
-        // The old token dies first, so it can never see the new identity.
-        self.remove(old);
+        // The old token dies first, so it can never see the new identity. Its slot
+        // passes to the new token; if it was already gone, take a new one (a login is
+        // never refused for room).
+        if self.sessions.remove(old).is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
         self.insert_new(Entry::from_session(session))
+            .inspect_err(|_| {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            })
     }
 
     async fn destroy(&self, token: &Token) -> Result<(), StoreError> {
@@ -416,6 +443,30 @@ mod tests {
             store.create(&anon(0), EXPIRY).await,
             Err(StoreError::Full)
         ));
+    }
+
+    #[test]
+    fn concurrent_creators_never_overshoot_the_bound() {
+        let store = Arc::new(MemoryStore::new(50));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    for i in 0..500 {
+                        let _ = rt.block_on(store.create(&anon(i), EXPIRY));
+                        assert!(store.count.load(Ordering::Relaxed) <= 50);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(store.sessions.len() <= 50, "{}", store.sessions.len());
+        assert_eq!(store.sessions.len(), store.count.load(Ordering::Relaxed));
     }
 
     #[tokio::test]
