@@ -331,9 +331,10 @@ async fn send(
     }
 }
 
-/// Records the server that answered as the session's pin (`sticky` only).
+/// Records the server that answered in the session (`sticky`: its pin; `hash`: where it
+/// was last served, so a move is reported once). Written only when it changes.
 fn pin(pool: &UpstreamPool, ctx: &mut SessionCtx, backend: &Backend, repinned: bool) {
-    if pool.affinity != Affinity::Sticky || ctx.session.pinned == Some(backend.id) {
+    if pool.affinity == Affinity::None || ctx.session.pinned == Some(backend.id) {
         return;
     }
     if repinned {

@@ -1,11 +1,15 @@
 //! Which server a session's request goes to. Pure: no IO; health is read from atomics.
 //!
-//! - `sticky`: the session's pinned server while it is healthy (even when draining);
-//!   otherwise a server chosen by the balancer, and the session is re-pinned there (or,
-//!   with `on_pinned_down = "fail"`, the request is refused).
+//! - `sticky`: the session's pinned server while it is healthy (even when draining). A
+//!   new session gets a server from the balancer. When the pinned server is down or gone
+//!   the session moves (or, with `on_pinned_down = "fail"`, the request is refused) to
+//!   the server that rendezvous hashing of its public id picks among the usable ones, so
+//!   that concurrent requests of the session all agree on the same new server.
 //! - `hash`: rendezvous (highest random weight) hashing of the session's public id over
 //!   the usable servers: every instance picks the same server with no shared state, and
-//!   removing one of N servers moves only the sessions that were on it (about 1/N).
+//!   removing one of N servers moves only the sessions that were on it (about 1/N). The
+//!   session remembers its last server, so a move is reported once, and a draining
+//!   server keeps the sessions it already has.
 //! - `none`, and requests without a session: the balancer.
 
 use super::balancer::{self, mix64};
@@ -47,6 +51,20 @@ pub(crate) fn choose<'a>(
     let Some(session) = session else {
         return fresh(false);
     };
+    let key = hash_key(&session.public_id);
+    let usable = |b: &Backend| {
+        b.state.is_healthy()
+            && !exclude.contains(&b.id)
+            && (!b.drain || session.pinned == Some(b.id))
+    };
+    // The session's new home when it must move: the same for every request of it.
+    let moved = || match rendezvous(pool, key, usable) {
+        Some(backend) => Choice::Server {
+            backend,
+            repinned: true,
+        },
+        None => Choice::NoServer,
+    };
     match pool.affinity {
         Affinity::None => fresh(false),
         Affinity::Sticky => {
@@ -59,21 +77,16 @@ pub(crate) fn choose<'a>(
                     repinned: false,
                 },
                 _ if pool.on_pinned_down == OnPinnedDown::Fail => Choice::PinnedDown,
-                _ => fresh(true),
+                _ => moved(),
             }
         }
-        Affinity::Hash => {
-            let key = hash_key(&session.public_id);
-            let usable = |b: &Backend| b.state.is_healthy() && !b.drain && !exclude.contains(&b.id);
-            let home = rendezvous(pool, key, |_| true).map(|b| b.id);
-            match rendezvous(pool, key, usable) {
-                Some(backend) => Choice::Server {
-                    backend,
-                    repinned: home != Some(backend.id),
-                },
-                None => fresh(true),
-            }
-        }
+        Affinity::Hash => match rendezvous(pool, key, usable) {
+            Some(backend) => Choice::Server {
+                backend,
+                repinned: session.pinned.is_some_and(|p| p != backend.id),
+            },
+            None => Choice::NoServer,
+        },
     }
 }
 
@@ -187,8 +200,17 @@ mod tests {
     #[test]
     fn hash_marks_repinned_when_home_is_down() {
         let p = pool(3, Affinity::Hash, OnPinnedDown::Repin);
-        let k = key(7);
+        let mut k = key(7);
         let home = server(choose(&p, Some(k), &[]));
+        // The session remembers where it was served.
+        k.pinned = Some(home);
+        assert!(matches!(
+            choose(&p, Some(k), &[]),
+            Choice::Server {
+                repinned: false,
+                ..
+            }
+        ));
         let b = p.backends.iter().find(|b| b.id == home).unwrap();
         b.state.healthy.store(false, Ordering::Relaxed);
         match choose(&p, Some(k), &[]) {
@@ -221,6 +243,11 @@ mod tests {
             choose(&p, Some(k), &[]),
             Choice::Server { repinned: true, .. }
         ));
+        // Concurrent requests of a moved session agree on its new server.
+        let first = server(choose(&p, Some(k), &[]));
+        for _ in 0..20 {
+            assert_eq!(server(choose(&p, Some(k), &[])), first);
+        }
         let strict = pool(3, Affinity::Sticky, OnPinnedDown::Fail);
         k.pinned = Some(strict.backends[0].id);
         strict.backends[0]
