@@ -15,7 +15,7 @@
 #
 #   bench/compare.sh                 # everything
 #   DURATION=5 bench/compare.sh      # shorter runs (seconds)
-#   ONE_THREAD_ROW=0 bench/compare.sh # skip the one-thread cloakroom row
+#   ALL_CORES_ROW=0 bench/compare.sh  # skip the cloakroom row with one worker per core
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -207,11 +207,11 @@ render "$BENCH/cloakroom.toml" "$PORT_CLOAKROOM" >"$TMP/cloakroom.toml"
 "$BIN" check -c "$TMP/cloakroom.toml" >"$TMP/cloakroom-check.out" 2>&1 ||
   { cat "$TMP/cloakroom-check.out" >&2; die "cloakroom check failed"; }
 
-# bench_cloakroom ROW_NAME [ENV=VALUE...]
+# bench_cloakroom ROW_NAME WORKERS
 bench_cloakroom() {
-  local name=$1
-  shift
-  env "$@" RUST_LOG=warn "$BIN" -c "$TMP/cloakroom.toml" >"$TMP/cloakroom.out" 2>&1 &
+  local name=$1 workers=$2
+  sed -E "s|^(https = .*)$|\\1\\nworkers = $workers|" "$TMP/cloakroom.toml" >"$TMP/cloakroom-$workers.toml"
+  RUST_LOG=warn "$BIN" -c "$TMP/cloakroom-$workers.toml" >"$TMP/cloakroom.out" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_port "$PORT_CLOAKROOM" "$pid" || { cat "$TMP/cloakroom.out" >&2; die "cloakroom did not start"; }
@@ -224,12 +224,12 @@ bench_cloakroom() {
   fi
 }
 
-# As the binary runs by default: a tokio multi-thread runtime, one worker per core.
-bench_cloakroom cloakroom
-# For reference: one runtime worker thread (tokio reads TOKIO_WORKER_THREADS), like the
-# one-thread HAProxy and one-worker nginx. The ratios below use the default row.
-if [ "${ONE_THREAD_ROW:-1}" = 1 ]; then
-  bench_cloakroom "cloakroom (TOKIO_WORKER_THREADS=1)" TOKIO_WORKER_THREADS=1
+# Like for like with the one-thread HAProxy and one-worker nginx: one worker thread.
+# The ratios below use this row.
+bench_cloakroom cloakroom 1
+# For reference: the default, one worker (event loop) per core.
+if [ "${ALL_CORES_ROW:-1}" = 1 ]; then
+  bench_cloakroom "cloakroom (workers = $(nproc), the default)" 0
 fi
 
 # --- haproxy -----------------------------------------------------------------------------------
@@ -272,8 +272,8 @@ REPORT=$TMP/latest.md
   echo "Client: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\` after a ${WARMUP}s warm-up, HTTPS, same machine."
   echo
   echo "- cloakroom: session route, \`affinity = \"sticky\"\`: cookie HMAC check, memory-store lookup,"
-  echo "  identity strip + \`X-Session-Id\` injection on every request; tokio runtime with one worker per"
-  echo "  core ($(nproc) here), and a reference row with \`TOKIO_WORKER_THREADS=1\`."
+  echo "  identity strip + \`X-Session-Id\` injection on every request; \`workers = 1\` (one event-loop"
+  echo "  thread, like the others), and a reference row with the default one worker per core."
   echo "- haproxy: \`nbthread 1\`, \`cookie SRV insert indirect nocache\`."
   echo "- nginx: \`worker_processes 1\`; nginx OSS has no sticky cookie, so \`hash \$cookie_SRV consistent\`."
   echo

@@ -18,11 +18,13 @@ pub mod proxy;
 pub mod redirect;
 pub mod router;
 pub mod session;
+mod shutdown;
 pub mod state;
 pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -110,6 +112,8 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error("session store setup failed: {0}")]
     Store(#[from] session::StoreError),
+    #[error("listener setup failed: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 /// Serves `listeners` with `config` until a shutdown command (or every handle dropped),
@@ -125,30 +129,40 @@ pub async fn run(
     let max_header_bytes = config.limits.max_header_bytes;
     let state = AppState::new(config, certs)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
-    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (cut_tx, cut_rx) = watch::channel(false);
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(shutdown::Signal::default());
+    let cut = Arc::new(shutdown::Signal::default());
+    let open = Arc::new(AtomicUsize::new(0));
     let https_port = listeners
         .https
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(443);
+    let workers = state.runtime().config.listen.worker_count();
+
+    let acceptor = listener::Acceptor {
+        state: state.clone(),
+        tls,
+        builder: Arc::new(listener::http_builder(max_header_bytes)),
+        permits: Arc::new(Semaphore::new(max_connections)),
+        stop: stop.clone(),
+        cut: cut.clone(),
+        open: open.clone(),
+    };
+    let https = listeners.https.into_std().map_err(RunError::Listener)?;
+    let mut worker_threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let listener = https.try_clone().map_err(RunError::Listener)?;
+        let acceptor = acceptor.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("cloakroom-w{index}"))
+            .spawn(move || listener::worker(listener, acceptor))
+            .map_err(RunError::Listener)?;
+        worker_threads.push(thread);
+    }
+    drop((acceptor, https));
 
     let mut accept_loops = JoinSet::new();
-    accept_loops.spawn(listener::serve_https(
-        listeners.https,
-        listener::Acceptor {
-            state: state.clone(),
-            tls,
-            builder: Arc::new(listener::http_builder(max_header_bytes)),
-            permits: Arc::new(Semaphore::new(max_connections)),
-            graceful: graceful.clone(),
-            cut: cut_rx,
-            open: open.clone(),
-        },
-        stop_rx.clone(),
-    ));
     if let Some(http) = listeners.http {
         accept_loops.spawn(redirect::serve(http, https_port, stop_rx.clone()));
     }
@@ -160,7 +174,7 @@ pub async fn run(
     if let Some(memory) = state.memory.clone() {
         background.spawn(reap_sessions(memory, state.clone(), stop_rx.clone()));
     }
-    tracing::info!(generation = 1, "cloakroom is serving");
+    tracing::info!(generation = 1, workers, "cloakroom is serving");
 
     while let Some(command) = commands.0.recv().await {
         match command {
@@ -181,36 +195,45 @@ pub async fn run(
     state.begin_shutdown();
     let grace = state.runtime().config.timeouts.shutdown_grace;
     let _ = stop_tx.send(true);
+    stop.raise();
     while accept_loops.join_next().await.is_some() {}
     tracing::info!(
-        connections = open.load(std::sync::atomic::Ordering::Relaxed),
+        connections = open.load(Ordering::Relaxed),
         ?grace,
         "shutting down: finishing in-flight requests"
     );
-    let finished = match Arc::try_unwrap(graceful) {
-        Ok(graceful) => tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_ok(),
-        Err(_) => false,
-    };
+    let finished = wait_until_closed(&open, grace).await;
     if !finished {
-        let cut = open.load(std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             ?grace,
-            connections = cut,
+            connections = open.load(Ordering::Relaxed),
             "shutdown grace period over; cutting the remaining connections"
         );
-        let _ = cut_tx.send(true);
-        // Give the cut connections a moment to close their sockets.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-        while open.load(std::sync::atomic::Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        cut.raise();
+        wait_until_closed(&open, std::time::Duration::from_secs(1)).await;
     }
+    // The workers end once their connections are gone; joining blocks, so do it off
+    // this runtime.
+    let _ = tokio::task::spawn_blocking(move || {
+        for thread in worker_threads {
+            let _ = thread.join();
+        }
+    })
+    .await;
     background.shutdown().await;
     Ok(())
+}
+
+/// Waits until no client connection is open, or `within` passed; true when none is.
+async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while open.load(Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// Removes expired sessions from the memory store in the background.

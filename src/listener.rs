@@ -8,6 +8,10 @@
 //! - no request in flight, no byte of the next one yet: close after `client_idle`;
 //! - bytes of a request head have arrived: close `header_read` after the first of them;
 //! - a request in flight: no deadline here (the upstream timeouts govern).
+//!
+//! Deadlines are enforced by one timer per connection that ticks at half the shorter
+//! deadline; reads and writes only set a flag, so a request costs no clock read and no
+//! timer update. A deadline is thus enforced within one tick of its nominal time.
 
 use std::future::Future;
 use std::io;
@@ -21,14 +25,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use crate::proxy::{self, ConnCtx};
+use crate::shutdown::Signal;
 use crate::state::AppState;
 
 /// Requests in flight on one client connection.
@@ -73,45 +77,77 @@ pub(crate) struct DeadlineIo<T> {
     inner: T,
     activity: Arc<Activity>,
     deadlines: ClientDeadlines,
+    tick: Duration,
     sleep: Pin<Box<Sleep>>,
-    /// When the last byte moved either way.
-    last_io: Instant,
-    /// When the first byte of a request head arrived while no request was in flight.
-    head_since: Option<Instant>,
-    /// `Activity::started` when `head_since` was set.
+    /// Bytes moved either way since the last tick.
+    io_seen: bool,
+    /// Bytes of a request head arrived while no request was in flight.
+    head_pending: bool,
+    /// Ticks since the head started / since the connection went quiet.
+    head_ticks: u32,
+    idle_ticks: u32,
+    /// `Activity::started` at the last look: a change means a request began.
     started_seen: u64,
 }
 
 impl<T> DeadlineIo<T> {
     pub(crate) fn new(inner: T, activity: Arc<Activity>, deadlines: ClientDeadlines) -> Self {
-        let now = Instant::now();
+        let tick = (deadlines.header_read.min(deadlines.idle) / 2).max(Duration::from_millis(10));
         DeadlineIo {
             inner,
             activity,
             deadlines,
-            sleep: Box::pin(tokio::time::sleep_until(now + deadlines.header_read)),
-            last_io: now,
+            tick,
+            sleep: Box::pin(tokio::time::sleep(tick)),
+            io_seen: false,
             // A new HTTP/1 connection must send its first request head within
             // `header_read`; an HTTP/2 one only has to stay active within `client_idle`.
-            head_since: deadlines.head_rule.then_some(now),
+            head_pending: deadlines.head_rule,
+            head_ticks: 0,
+            idle_ticks: 0,
             started_seen: 0,
         }
     }
 
-    /// The deadline in force now, if any.
-    fn deadline(&mut self) -> Option<Instant> {
+    /// One timer tick: `Some` ends the stream (an error for a late request head, a
+    /// clean end of stream for an idle connection).
+    fn on_tick(&mut self) -> Option<io::Result<()>> {
         let started = self.activity.started.load(Ordering::Relaxed);
-        if started != self.started_seen {
+        if started != self.started_seen || self.activity.in_flight.load(Ordering::Relaxed) > 0 {
             self.started_seen = started;
-            self.head_since = None;
+            self.head_pending = false;
+            self.head_ticks = 0;
+            self.idle_ticks = 0;
+        } else if self.head_pending {
+            self.head_ticks += 1;
+            if self.tick * self.head_ticks >= self.deadlines.header_read {
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head read timed out",
+                )));
+            }
+        } else if self.io_seen {
+            self.idle_ticks = 0;
+        } else {
+            self.idle_ticks += 1;
+            if self.tick * self.idle_ticks >= self.deadlines.idle {
+                return Some(Ok(()));
+            }
         }
-        if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
+        self.io_seen = false;
+        None
+    }
+
+    /// Polls the tick timer; `Ready` when the stream must end.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if let Some(end) = self.on_tick() {
+                return Poll::Ready(end);
+            }
+            let next = self.sleep.deadline() + self.tick;
+            self.sleep.as_mut().reset(next.max(Instant::now()));
         }
-        Some(match self.head_since {
-            Some(since) => since + self.deadlines.header_read,
-            None => self.last_io + self.deadlines.idle,
-        })
+        Poll::Pending
     }
 }
 
@@ -126,32 +162,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.last_io = Instant::now();
-                    let idle = this.activity.in_flight.load(Ordering::Relaxed) == 0;
-                    if idle && this.head_since.is_none() && this.deadlines.head_rule {
-                        this.head_since = Some(this.last_io);
+                    this.io_seen = true;
+                    if this.deadlines.head_rule
+                        && !this.head_pending
+                        && this.activity.in_flight.load(Ordering::Relaxed) == 0
+                    {
+                        this.head_pending = true;
+                        this.head_ticks = 0;
                         this.started_seen = this.activity.started.load(Ordering::Relaxed);
                     }
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                let Some(deadline) = this.deadline() else {
-                    return Poll::Pending;
-                };
-                if this.sleep.deadline() != deadline {
-                    this.sleep.as_mut().reset(deadline);
-                }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(()) if this.head_since.is_some() => Poll::Ready(Err(
-                        io::Error::new(io::ErrorKind::TimedOut, "request head read timed out"),
-                    )),
-                    // Idle keep-alive: end the stream cleanly.
-                    Poll::Ready(()) => Poll::Ready(Ok(())),
-                }
-            }
+            Poll::Pending => this.poll_deadline(cx),
         }
     }
 }
@@ -163,10 +187,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                self.last_io = Instant::now();
-            }
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.io_seen = true;
         }
         polled
     }
@@ -177,10 +199,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                self.last_io = Instant::now();
-            }
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.io_seen = true;
         }
         polled
     }
@@ -219,64 +239,96 @@ pub(crate) fn http_builder(max_header_bytes: usize) -> auto::Builder<TokioExecut
     builder
 }
 
-/// Everything an accept loop needs.
+/// Everything an accept loop needs; cloned into every worker.
+#[derive(Clone)]
 pub(crate) struct Acceptor {
     pub(crate) state: Arc<AppState>,
     pub(crate) tls: TlsAcceptor,
     pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
     pub(crate) permits: Arc<Semaphore>,
-    pub(crate) graceful: Arc<GracefulShutdown>,
-    /// Flips when the shutdown grace period is over: connections still open are cut.
-    pub(crate) cut: watch::Receiver<bool>,
-    /// Open client connections (after the handshake started).
+    /// Raised when shutdown begins: stop accepting, finish open connections gracefully.
+    pub(crate) stop: Arc<Signal>,
+    /// Raised when the shutdown grace period is over: connections still open are cut.
+    pub(crate) cut: Arc<Signal>,
+    /// Open client connections (from accept to close), across all workers.
     pub(crate) open: Arc<AtomicUsize>,
 }
 
-impl Acceptor {
-    fn watcher(&self) -> Watcher {
-        self.graceful.watcher()
-    }
+/// One worker thread: a single-threaded runtime that accepts on its own handle of the
+/// https listener and serves the connections it accepted, start to end.
+///
+/// Why not one multi-threaded runtime: with work stealing, a connection's IO events
+/// wake tasks on any thread, and idle threads are woken to steal; per request that cost
+/// more CPU than the whole session stage. Like nginx and HAProxy, each worker here
+/// runs its own event loop and keeps its connections; the kernel spreads accepts.
+pub(crate) fn worker(listener: std::net::TcpListener, acceptor: Acceptor) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start a worker runtime");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "cannot register the listener in a worker");
+                return;
+            }
+        };
+        let open = acceptor.open.clone();
+        let cut = acceptor.cut.clone();
+        accept_loop(listener, acceptor).await;
+        // Accepting stopped: keep serving the open connections until they finish or
+        // the grace period cuts them (their tasks live on this runtime).
+        while open.load(Ordering::Relaxed) > 0 && !cut.is_raised() {
+            tokio::select! {
+                () = cut.wait() => {}
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+    });
 }
 
-/// Accepts TLS connections on `listener` until `stop` flips.
-pub(crate) async fn serve_https(
-    listener: TcpListener,
-    acceptor: Acceptor,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Accepts TLS connections until shutdown begins.
+async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
+    let stop = acceptor.stop.clone();
     loop {
         let permit = tokio::select! {
             permit = acceptor.permits.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => return,
             },
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends: back off instead of spinning. Another worker
+                    // taking the connection first is not an error (WouldBlock is retried
+                    // inside tokio).
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         };
-        let state = acceptor.state.clone();
-        let tls = acceptor.tls.clone();
-        let builder = acceptor.builder.clone();
-        let watcher = acceptor.watcher();
-        let mut cut = acceptor.cut.clone();
+        let acceptor = acceptor.clone();
         let open = OpenGuard::new(&acceptor.open);
         tokio::spawn(async move {
             let _permit = permit;
             let _open = open;
+            let cut = acceptor.cut.clone();
             tokio::select! {
-                () = serve_connection(stream, peer, state, tls, builder, watcher) => {}
+                () = serve_connection(stream, peer, &acceptor) => {}
                 // Dropping the connection future closes the socket.
-                _ = cut.wait_for(|cut| *cut) => {
+                () = cut.wait() => {
                     tracing::debug!(%peer, "connection cut at the end of the shutdown grace period");
                 }
             }
@@ -300,17 +352,12 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    state: Arc<AppState>,
-    tls: TlsAcceptor,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
-) {
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Acceptor) {
     let _ = stream.set_nodelay(true);
+    let state = acceptor.state.clone();
     let timeouts = state.runtime().config.timeouts.clone();
-    let stream = match tokio::time::timeout(timeouts.tls_handshake, tls.accept(stream)).await {
+    let accept = acceptor.tls.accept(stream);
+    let stream = match tokio::time::timeout(timeouts.tls_handshake, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -333,6 +380,7 @@ async fn serve_connection(
         peer_value: crate::proxy::headers::peer_value(peer.ip()),
         sni,
         activity: activity.clone(),
+        cookies: crate::session::CookieCache::default(),
     });
     let io = DeadlineIo::new(
         stream,
@@ -344,10 +392,19 @@ async fn serve_connection(
         },
     );
     let service = service_fn(move |request| proxy::serve(state.clone(), ctx.clone(), request));
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    if let Err(error) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %error, "client connection ended with an error");
+    let conn = acceptor
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = acceptor.stop.wait() => {
+            // Finish the request in flight, then close (HTTP/2: GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
     }
 }

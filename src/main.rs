@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 use cloakroom::{config::Config, control, Listeners};
 use tokio::signal::unix::{signal, SignalKind};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cloakroom",
@@ -50,7 +53,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         None => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -53,6 +53,19 @@ pub struct ListenConfig {
     pub admin: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` we extend instead of replacing (`trusted_proxies`).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Threads that accept and serve https connections, each with its own event loop
+    /// (`workers`; 0 = one per core). A connection stays on the thread that accepted it.
+    pub workers: usize,
+}
+
+impl ListenConfig {
+    /// `workers`, with 0 resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// A PEM certificate chain and its private key, as paths resolved against the config file.

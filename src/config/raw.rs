@@ -50,6 +50,9 @@ pub(super) struct RawListen {
     pub(super) admin: Option<String>,
     #[serde(default)]
     pub(super) trusted_proxies: Vec<String>,
+    /// Threads serving https connections; 0 = one per core.
+    #[serde(default)]
+    pub(super) workers: i64,
 }
 
 impl Default for RawListen {
@@ -59,6 +62,7 @@ impl Default for RawListen {
             http: None,
             admin: None,
             trusted_proxies: Vec::new(),
+            workers: 0,
         }
     }
 }

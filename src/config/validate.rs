@@ -219,11 +219,25 @@ impl Validator<'_> {
                 "same address as listen.http; use another port",
             );
         }
+        let workers = match usize::try_from(raw.workers) {
+            Ok(n) if n <= 1024 => n,
+            _ => {
+                self.error(
+                    "listen.workers",
+                    format!(
+                        "{} is not a thread count; use 0 (one per core) to 1024",
+                        raw.workers
+                    ),
+                );
+                0
+            }
+        };
         (trusted_proxies.len() == raw.trusted_proxies.len()).then_some(ListenConfig {
             https,
             http,
             admin,
             trusted_proxies,
+            workers,
         })
     }
 

@@ -72,7 +72,8 @@ impl ProxyError {
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect { .. }
                 | UpstreamError::Handshake { .. }
-                | UpstreamError::Exchange { .. } => StatusCode::BAD_GATEWAY,
+                | UpstreamError::Exchange { .. }
+                | UpstreamError::Closed { .. } => StatusCode::BAD_GATEWAY,
                 UpstreamError::ConnectTimeout { .. } | UpstreamError::Timeout { .. } => {
                     StatusCode::GATEWAY_TIMEOUT
                 }
@@ -180,6 +181,7 @@ mod tests {
                 .into(),
                 504,
             ),
+            (UpstreamError::Closed { addr }.into(), 502),
             (ProxyError::Internal("bug"), 500),
         ];
         for (error, status) in table {

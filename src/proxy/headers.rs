@@ -29,7 +29,14 @@ pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forw
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` survives only when `tunnel` is set (the caller then restores `Connection`).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    // `Connection: keep-alive` / `close` (nearly every request) names no other header.
+    let names_headers = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
+    if names_headers {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()

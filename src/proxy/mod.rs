@@ -33,6 +33,8 @@ pub(crate) struct ConnCtx {
     /// Lower-case TLS server name, when the client sent one.
     pub(crate) sni: Option<Box<str>>,
     pub(crate) activity: Arc<Activity>,
+    /// The session cookie this connection last presented, already verified.
+    pub(crate) cookies: crate::session::CookieCache,
 }
 
 /// Serves one request; never fails.

@@ -80,7 +80,7 @@ pub(crate) async fn run(
         if route.csrf {
             session::check_csrf(&request)?;
         }
-        let ctx = session::find(state, rt, request.headers(), now).await?;
+        let ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
         log.session = Some(ctx.session.public_id);
         if let Some(response) = session::require_user(route, &ctx, &request) {
             return Ok(response);
@@ -304,7 +304,10 @@ async fn send(
                 error,
                 request: None,
             }) => match (&error, replay.take()) {
-                (UpstreamError::Exchange { .. }, Some((method, uri, headers))) => {
+                (
+                    UpstreamError::Exchange { .. } | UpstreamError::Closed { .. },
+                    Some((method, uri, headers)),
+                ) => {
                     let mut fresh = Request::new(RequestBody::Empty);
                     *fresh.method_mut() = method;
                     *fresh.uri_mut() = uri;

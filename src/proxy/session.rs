@@ -18,7 +18,7 @@ use super::pipeline::Outcome;
 use super::ProxyError;
 use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::percent_decode;
-use crate::session::{random_bytes, Identity, PublicId, Session, StoreError, Token};
+use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
 use crate::state::{AppState, Runtime};
 
 /// Deadline of one store operation.
@@ -56,9 +56,10 @@ pub(crate) async fn find(
     state: &AppState,
     rt: &Runtime,
     headers: &HeaderMap,
+    cache: &CookieCache,
     now: u64,
 ) -> Result<SessionCtx, ProxyError> {
-    if let Some(token) = rt.cookie.find(headers) {
+    if let Some(token) = rt.cookie.find_cached(headers, cache) {
         if let Some(session) = store_call(state.store.load(&token, now, rt.expiry)).await? {
             return Ok(SessionCtx {
                 token: Some(token),

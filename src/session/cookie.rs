@@ -23,6 +23,9 @@ const LABEL: &[u8] = b"cloakroom/session-cookie/v1\0";
 /// Seals and opens session cookies of one configuration.
 #[derive(Debug)]
 pub struct CookieCodec {
+    /// Random per codec: a [`CookieCache`] filled under another codec (another config
+    /// generation, maybe another secret) is never trusted.
+    epoch: u64,
     name: String,
     key: hmac::Key,
     /// `; Path=/; Secure; HttpOnly; SameSite=Lax[; Max-Age=N]`, written once.
@@ -46,7 +49,9 @@ impl CookieCodec {
         } else {
             base.clone()
         };
+        let epoch = u64::from_le_bytes(super::random_bytes::<8>().unwrap_or_default());
         CookieCodec {
+            epoch,
             name: config.cookie.clone(),
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
             attributes,
@@ -110,6 +115,28 @@ impl CookieCodec {
             .find_map(|pair| self.open(pair.get(self.name.len() + 1..)?.trim_matches('"')))
     }
 
+    /// Like [`CookieCodec::find`], but remembers the last authentic value in `cache`:
+    /// a keep-alive connection sends the same cookie on every request, and a
+    /// byte-identical value verified under this codec need not be verified again.
+    pub fn find_cached(&self, headers: &HeaderMap, cache: &CookieCache) -> Option<Token> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|text| text.split(';'))
+            .map(str::trim)
+            .filter(|pair| self.is_ours(pair))
+            .find_map(|pair| {
+                let value = pair.get(self.name.len() + 1..)?.trim_matches('"');
+                if let Some(token) = cache.get(self.epoch, value) {
+                    return Some(token);
+                }
+                let token = self.open(value)?;
+                cache.put(self.epoch, value, token);
+                Some(token)
+            })
+    }
+
     /// `Set-Cookie` for `token`.
     pub fn set_cookie(&self, token: &Token) -> Option<HeaderValue> {
         let value = self.seal(token);
@@ -125,6 +152,39 @@ impl CookieCodec {
     /// `Set-Cookie` that makes the browser drop the cookie.
     pub fn expire_cookie(&self) -> Option<HeaderValue> {
         HeaderValue::from_str(&format!("{}={}", self.name, self.expire_attributes)).ok()
+    }
+}
+
+/// The last cookie value a connection presented that verified, and its token.
+#[derive(Debug, Default)]
+pub struct CookieCache(std::sync::Mutex<Option<Verified>>);
+
+#[derive(Debug)]
+struct Verified {
+    epoch: u64,
+    value: [u8; ENCODED_LEN],
+    token: Token,
+}
+
+impl CookieCache {
+    fn get(&self, epoch: u64, value: &str) -> Option<Token> {
+        let slot = self.0.lock().ok()?;
+        let verified = slot.as_ref()?;
+        (verified.epoch == epoch && verified.value[..] == *value.as_bytes())
+            .then_some(verified.token)
+    }
+
+    fn put(&self, epoch: u64, value: &str, token: Token) {
+        let Ok(bytes) = <[u8; ENCODED_LEN]>::try_from(value.as_bytes()) else {
+            return;
+        };
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Verified {
+                epoch,
+                value: bytes,
+                token,
+            });
+        }
     }
 }
 
@@ -209,6 +269,35 @@ mod tests {
             HeaderValue::from_static(";;; =; __Host-cr; x"),
         );
         assert_eq!(c.find(&none), None);
+    }
+
+    #[test]
+    fn cache_skips_reverification_only_for_the_same_value_and_codec() {
+        let c = codec();
+        let cache = CookieCache::default();
+        let good = c.seal(&Token([5u8; 32]));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("__Host-cr={good}")).unwrap(),
+        );
+        assert_eq!(c.find_cached(&headers, &cache), Some(Token([5u8; 32])));
+        assert_eq!(c.find_cached(&headers, &cache), Some(Token([5u8; 32])));
+        // A different value is verified on its own merits.
+        let mut bad = good.clone().into_bytes();
+        bad[20] = if bad[20] == b'A' { b'B' } else { b'A' };
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(&[b"__Host-cr=".as_slice(), &bad].concat()).unwrap(),
+        );
+        assert_eq!(c.find_cached(&headers, &cache), None);
+        // Another codec (a reload with another secret) does not trust the cache.
+        let other = CookieCodec::new(&config(false, SameSite::Lax), &[9u8; 32]);
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("__Host-cr={good}")).unwrap(),
+        );
+        assert_eq!(other.find_cached(&headers, &cache), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use base64::Engine as _;
 
 use crate::upstream::BackendId;
 
-pub use cookie::CookieCodec;
+pub use cookie::{CookieCache, CookieCodec};
 pub use memory::MemoryStore;
 
 /// The secret part of a session: 256 bits from the OS CSPRNG. Never logged, never sent

@@ -2,13 +2,18 @@
 //! idle keep-alive connections per server, and errors classified where they happen.
 //!
 //! We drive `hyper::client::conn::http1` directly instead of hyper-util's pooled client
-//! because a failed connect or a stale pooled connection must hand the request back
-//! (body included) so the caller can retry it on another server; the pooled client
-//! consumes it. A connection returns to the pool only when its response body was read
-//! to the end.
+//! for two reasons. A failed connect or a stale pooled connection must hand the request
+//! back (body included) so the caller can retry it elsewhere; the pooled client consumes
+//! it. And a pooled connection is driven by the task that uses it, not by a task of its
+//! own: the request future polls it during the exchange and the response body polls it
+//! while streaming, so upstream IO wakes the client's connection task directly instead of
+//! bouncing every request between two tasks (often on two threads). A connection returns
+//! to the pool only when its response body was read to the end; an idle pooled
+//! connection is not polled, and is checked (EOF, readiness) when it is taken out.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,10 +30,103 @@ use tokio::net::TcpStream;
 use super::BackendState;
 use crate::proxy::body::RequestBody;
 
+/// The HTTP/1 connection future of a pooled connection.
+type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// One upstream connection: the handle to send on, and who drives its IO.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    sender: SendRequest<RequestBody>,
+    /// `Some` while this connection is driven by whoever holds it; `None` once it
+    /// finished, or for an upgrade connection driven by a spawned task.
+    driver: Option<Pin<Box<Driver>>>,
+    spawned: bool,
+}
+
+impl Conn {
+    /// Polls the connection's IO. True when it is finished (closed or failed).
+    fn poll_driver(
+        driver: &mut Option<Pin<Box<Driver>>>,
+        spawned: bool,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let Some(future) = driver else {
+            return !spawned;
+        };
+        match future.as_mut().poll(cx) {
+            Poll::Ready(result) => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "upstream connection ended");
+                }
+                *driver = None;
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Waits until the connection can take a request; false when it is gone.
+    async fn ready(&mut self) -> bool {
+        let Conn {
+            sender,
+            driver,
+            spawned,
+        } = self;
+        std::future::poll_fn(|cx| {
+            let finished = Conn::poll_driver(driver, *spawned, cx);
+            match sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(true),
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Pending if finished => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Sends `request` and waits for the response head, driving the connection.
+    async fn exchange(&mut self, request: Request<RequestBody>) -> Exchange {
+        let Conn {
+            sender,
+            driver,
+            spawned,
+        } = self;
+        let mut response = pin!(sender.try_send_request(request));
+        std::future::poll_fn(|cx| {
+            let finished = Conn::poll_driver(driver, *spawned, cx);
+            match response.as_mut().poll(cx) {
+                Poll::Ready(Ok(response)) => Poll::Ready(Exchange::Response(response)),
+                Poll::Ready(Err(mut error)) => {
+                    let request = error.take_message();
+                    Poll::Ready(Exchange::Failed {
+                        error: error.into_error(),
+                        request,
+                    })
+                }
+                // hyper answers pending requests before its connection future ends;
+                // this is a guard against waiting forever if it ever did not.
+                Poll::Pending if finished => Poll::Ready(Exchange::Closed),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// How one exchange on a connection ended.
+enum Exchange {
+    Response(Response<Incoming>),
+    Failed {
+        error: hyper::Error,
+        request: Option<Request<RequestBody>>,
+    },
+    Closed,
+}
+
 /// An idle pooled connection.
 #[derive(Debug)]
 pub(crate) struct IdleConn {
-    sender: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -59,6 +157,9 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The connection closed before the response head arrived.
+    #[error("{addr} closed the connection before answering")]
+    Closed { addr: SocketAddr },
     /// No response head within the upstream timeout.
     #[error("{addr} sent no response within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
@@ -71,7 +172,9 @@ impl UpstreamError {
             UpstreamError::Connect { .. }
             | UpstreamError::ConnectTimeout { .. }
             | UpstreamError::Handshake { .. } => true,
-            UpstreamError::Exchange { .. } | UpstreamError::Timeout { .. } => false,
+            UpstreamError::Exchange { .. }
+            | UpstreamError::Closed { .. }
+            | UpstreamError::Timeout { .. } => false,
         }
     }
 }
@@ -93,21 +196,21 @@ pub(crate) struct Deadlines {
 }
 
 impl BackendState {
-    fn checkout(&self, pool_idle: Duration) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, pool_idle: Duration) -> Option<Conn> {
         let mut idle = match self.idle.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < pool_idle {
-                return Some(conn.sender);
+        while let Some(entry) = idle.pop() {
+            if !entry.conn.sender.is_closed() && entry.since.elapsed() < pool_idle {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
+    fn checkin(&self, conn: Conn) {
+        if conn.sender.is_closed() || conn.driver.is_none() {
             return;
         }
         let mut idle = match self.idle.lock() {
@@ -119,12 +222,14 @@ impl BackendState {
             idle.remove(0);
         }
         idle.push(IdleConn {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    /// A new connection. Pooled ones are driven by their holder; an upgrade connection
+    /// gets a task of its own, which drives it through the upgrade.
+    async fn connect(&self, timeout: Duration, upgrade: bool) -> Result<Conn, UpstreamError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => stream,
@@ -137,18 +242,27 @@ impl BackendState {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        let (sender, driver) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        // The task ends when the connection closes: after the last sender is dropped and
-        // the exchange in flight is done, or when the server hangs up.
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(backend = %addr, %error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        if upgrade {
+            tokio::spawn(async move {
+                if let Err(error) = driver.with_upgrades().await {
+                    tracing::debug!(backend = %addr, %error, "upstream connection ended");
+                }
+            });
+            return Ok(Conn {
+                sender,
+                driver: None,
+                spawned: true,
+            });
+        }
+        Ok(Conn {
+            sender,
+            driver: Some(Box::pin(driver)),
+            spawned: false,
+        })
     }
 }
 
@@ -167,67 +281,36 @@ pub(crate) async fn send(
     let addr = state.addr;
     // Counted until the response body is done (or the attempt failed), for least_conn.
     let in_flight = InFlight::new(state);
-    let pooled = if upgrade {
+    let mut pooled = if upgrade {
         None
     } else {
         state.checkout(deadlines.pool_idle)
     };
-    let mut from_pool = pooled.is_some();
-    let mut sender = match pooled {
-        Some(sender) => sender,
-        None => match state.connect(deadlines.connect).await {
-            Ok(sender) => sender,
-            Err(error) => {
-                return Err(SendError {
-                    error,
-                    request: Some(request),
-                })
-            }
-        },
-    };
     loop {
-        let exchange = async {
-            // A pooled connection may still be finishing its previous exchange; a closed
-            // one makes `try_send_request` hand the request back.
-            let _ = std::future::poll_fn(|cx| sender.poll_ready(cx)).await;
-            sender.try_send_request(request).await
-        };
-        match tokio::time::timeout(deadlines.response, exchange).await {
-            Ok(Ok(response)) => {
-                let keep = !upgrade;
-                return Ok(response.map(|body| UpstreamBody {
-                    inner: body,
-                    sender: keep.then_some(sender),
-                    state: state.clone(),
-                    in_flight: Some(in_flight),
-                }));
-            }
-            Ok(Err(mut err)) => {
-                let returned = err.take_message();
-                let source = err.into_error();
-                match returned {
-                    // A stale pooled connection: nothing was written, try a fresh one once.
-                    Some(back) if from_pool => {
-                        request = back;
-                        from_pool = false;
-                        sender = match state.connect(deadlines.connect).await {
-                            Ok(sender) => sender,
-                            Err(error) => {
-                                return Err(SendError {
-                                    error,
-                                    request: Some(request),
-                                })
-                            }
-                        };
-                    }
-                    back => {
-                        return Err(SendError {
-                            error: UpstreamError::Exchange { addr, source },
-                            request: back,
-                        })
-                    }
+        let from_pool = pooled.is_some();
+        let mut conn = match pooled.take() {
+            Some(conn) => conn,
+            None => match state.connect(deadlines.connect, upgrade).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    return Err(SendError {
+                        error,
+                        request: Some(request),
+                    })
                 }
+            },
+        };
+        // A pooled connection may have been closed by the server while idle, or still be
+        // finishing its previous exchange; a dead one is skipped, the request untouched.
+        if from_pool {
+            let alive = tokio::time::timeout(deadlines.response, conn.ready()).await;
+            if alive != Ok(true) {
+                pooled = state.checkout(deadlines.pool_idle);
+                continue;
             }
+        }
+        let outcome = match tokio::time::timeout(deadlines.response, conn.exchange(request)).await {
+            Ok(outcome) => outcome,
             Err(_) => {
                 return Err(SendError {
                     error: UpstreamError::Timeout {
@@ -237,16 +320,52 @@ pub(crate) async fn send(
                     request: None,
                 })
             }
+        };
+        match outcome {
+            Exchange::Response(response) => {
+                return Ok(response.map(|body| UpstreamBody {
+                    inner: body,
+                    conn: Some(conn),
+                    pooled: !upgrade,
+                    state: state.clone(),
+                    in_flight: Some(in_flight),
+                }));
+            }
+            // Nothing was written on a pooled connection: try a fresh one once.
+            Exchange::Failed {
+                request: Some(back),
+                ..
+            } if from_pool => {
+                request = back;
+                pooled = None;
+            }
+            Exchange::Failed {
+                error: source,
+                request: back,
+            } => {
+                return Err(SendError {
+                    error: UpstreamError::Exchange { addr, source },
+                    request: back,
+                })
+            }
+            Exchange::Closed => {
+                return Err(SendError {
+                    error: UpstreamError::Closed { addr },
+                    request: None,
+                })
+            }
         }
     }
 }
 
-/// A response body from an upstream. When it has been read to the end, its connection
-/// goes back to the server's pool; dropped early, the connection is closed.
+/// A response body from an upstream. Polling it also drives its connection. When it has
+/// been read to the end, the connection goes back to the server's pool; dropped early,
+/// the connection is closed.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
-    sender: Option<SendRequest<RequestBody>>,
+    conn: Option<Conn>,
+    pooled: bool,
     state: Arc<BackendState>,
     in_flight: Option<InFlight>,
 }
@@ -254,8 +373,10 @@ pub struct UpstreamBody {
 impl UpstreamBody {
     fn release(&mut self) {
         self.in_flight = None;
-        if let Some(sender) = self.sender.take() {
-            self.state.checkin(sender);
+        if let Some(conn) = self.conn.take() {
+            if self.pooled {
+                self.state.checkin(conn);
+            }
         }
     }
 }
@@ -269,13 +390,20 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
+        if let Some(conn) = &mut this.conn {
+            // Read the connection so the body's bytes arrive; a finished connection
+            // has already handed its last bytes (or its error) to the body.
+            if Conn::poll_driver(&mut conn.driver, conn.spawned, cx) {
+                this.pooled = false;
+            }
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
             Poll::Ready(Some(Err(_))) => {
-                this.sender = None;
-                this.in_flight = None;
+                this.pooled = false;
+                this.release();
             }
             _ => {}
         }
