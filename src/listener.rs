@@ -408,3 +408,44 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         tracing::debug!(%peer, %error, "client connection ended with an error");
     }
 }
+
+/// Serves a small plain-HTTP/1.1 endpoint (the admin listener, the 308 redirect) until
+/// `stop` flips: every request is answered synchronously by `answer`.
+pub(crate) async fn serve_plain<F>(
+    listener: TcpListener,
+    what: &'static str,
+    answer: F,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<crate::proxy::ResponseBody>
+        + Send
+        + Sync
+        + 'static,
+{
+    let answer = Arc::new(answer);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = answer(&request);
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

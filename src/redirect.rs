@@ -1,15 +1,9 @@
 //! The optional plain-HTTP listener: every request gets `308 Permanent Redirect` to the
 //! same host and path on the https listener. Nothing is proxied over plain HTTP.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
-
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -17,33 +11,9 @@ use crate::proxy::ResponseBody;
 use crate::router::normalize_host;
 
 /// Serves redirects on `listener` to the https port `https_port` until `stop` flips.
-pub(crate) async fn serve(listener: TcpListener, https_port: u16, mut stop: watch::Receiver<bool>) {
-    let port = Arc::new(https_port);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed on the http listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let port = port.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let port = *port;
-                async move { Ok::<_, Infallible>(redirect(&request, port)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: watch::Receiver<bool>) {
+    let answer = move |request: &Request<Incoming>| redirect(request, https_port);
+    crate::listener::serve_plain(listener, "http", answer, stop).await;
 }
 
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {

@@ -105,6 +105,11 @@ impl CookieCodec {
     /// The token of the first authentic cookie of ours among all `Cookie` headers
     /// (HTTP/2 may send one header per cookie; browsers may send duplicates).
     pub fn find(&self, headers: &HeaderMap) -> Option<Token> {
+        self.our_values(headers).find_map(|value| self.open(value))
+    }
+
+    /// The values of every cookie of ours, in order, across all `Cookie` headers.
+    fn our_values<'h>(&'h self, headers: &'h HeaderMap) -> impl Iterator<Item = &'h str> + 'h {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -112,29 +117,21 @@ impl CookieCodec {
             .flat_map(|text| text.split(';'))
             .map(str::trim)
             .filter(|pair| self.is_ours(pair))
-            .find_map(|pair| self.open(pair.get(self.name.len() + 1..)?.trim_matches('"')))
+            .filter_map(|pair| Some(pair.get(self.name.len() + 1..)?.trim_matches('"')))
     }
 
     /// Like [`CookieCodec::find`], but remembers the last authentic value in `cache`:
     /// a keep-alive connection sends the same cookie on every request, and a
     /// byte-identical value verified under this codec need not be verified again.
     pub fn find_cached(&self, headers: &HeaderMap, cache: &CookieCache) -> Option<Token> {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|text| text.split(';'))
-            .map(str::trim)
-            .filter(|pair| self.is_ours(pair))
-            .find_map(|pair| {
-                let value = pair.get(self.name.len() + 1..)?.trim_matches('"');
-                if let Some(token) = cache.get(self.epoch, value) {
-                    return Some(token);
-                }
-                let token = self.open(value)?;
-                cache.put(self.epoch, value, token);
-                Some(token)
-            })
+        self.our_values(headers).find_map(|value| {
+            if let Some(token) = cache.get(self.epoch, value) {
+                return Some(token);
+            }
+            let token = self.open(value)?;
+            cache.put(self.epoch, value, token);
+            Some(token)
+        })
     }
 
     /// `Set-Cookie` for `token`.

@@ -198,6 +198,20 @@ mod tests {
     }
 
     #[test]
+    fn hash_agrees_between_independent_instances() {
+        // Two proxies build their pools separately (own registry, own random seeds) from
+        // the same server list: a session goes to the same server on either.
+        let first = pool(4, Affinity::Hash, OnPinnedDown::Repin);
+        let second = pool(4, Affinity::Hash, OnPinnedDown::Repin);
+        for i in 0..1_000 {
+            assert_eq!(
+                server(choose(&first, Some(key(i)), &[])),
+                server(choose(&second, Some(key(i)), &[]))
+            );
+        }
+    }
+
+    #[test]
     fn hash_marks_repinned_when_home_is_down() {
         let p = pool(3, Affinity::Hash, OnPinnedDown::Repin);
         let mut k = key(7);
