@@ -55,24 +55,14 @@ session = false
 async fn graceful_shutdown_finishes_in_flight_request() {
     let upstream = MockUpstream::start("slow").await;
     upstream.set_delay(Duration::from_secs(2));
-    let mut proxy = TestProxy::builder()
-        .config(format!(
-            r#"
+    let mut proxy = TestProxy::in_front_of_with(
+        &upstream,
+        r#"
 [timeouts]
 shutdown_grace = "30s"
-
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
 "#,
-            upstream.server()
-        ))
-        .start()
-        .await;
+    )
+    .await;
 
     let client = proxy.client_h1();
     let url = proxy.url("/slow");
@@ -104,25 +94,15 @@ session = false
 async fn shutdown_cuts_requests_still_running_after_the_grace_period() {
     let upstream = MockUpstream::start("stuck").await;
     upstream.set_delay(Duration::from_secs(60));
-    let mut proxy = TestProxy::builder()
-        .config(format!(
-            r#"
+    let mut proxy = TestProxy::in_front_of_with(
+        &upstream,
+        r#"
 [timeouts]
 shutdown_grace = "500ms"
 upstream = "120s"
-
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
 "#,
-            upstream.server()
-        ))
-        .start()
-        .await;
+    )
+    .await;
 
     let client = proxy.client_h1();
     let url = proxy.url("/");

@@ -12,29 +12,10 @@ mod common;
 use common::{test_bytes, MockUpstream, Mode, TestProxy};
 use reqwest::{StatusCode, Version};
 
-/// One upstream `app` on every path, no sessions.
-async fn proxy_to(upstream: &MockUpstream) -> TestProxy {
-    TestProxy::builder()
-        .config(format!(
-            r#"
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
-"#,
-            upstream.server()
-        ))
-        .start()
-        .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_over_http1_reaches_upstream() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     let response = proxy
         .client_h1()
@@ -55,7 +36,7 @@ async fn get_over_http1_reaches_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_over_http2_reaches_upstream_as_http1() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     let response = proxy
         .client()
@@ -76,7 +57,7 @@ async fn get_over_http2_reaches_upstream_as_http1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_are_set_and_client_values_replaced() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     for client in [proxy.client_h1(), proxy.client()] {
         let response = client
@@ -103,7 +84,7 @@ async fn forwarded_headers_are_set_and_client_values_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_request_headers_are_not_forwarded() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     let response = proxy
         .client_h1()
@@ -154,7 +135,7 @@ async fn hop_by_hop_response_headers_are_not_forwarded() {
     upstream.add_response_header("keep-alive", "timeout=5");
     upstream.add_response_header("proxy-authenticate", "Basic realm=\"x\"");
     upstream.add_response_header("x-end-to-end", "kept");
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     for client in [proxy.client_h1(), proxy.client()] {
         let response = client.get(proxy.url("/")).send().await.unwrap();
@@ -179,7 +160,7 @@ async fn hop_by_hop_response_headers_are_not_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_cookies_arrive_as_one_header() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     let response = proxy
         .client()
@@ -320,7 +301,7 @@ session = false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_request_body_is_streamed_intact() {
     let upstream = MockUpstream::start_with("echo", Mode::Echo).await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
     let body = test_bytes(5 * 1024 * 1024, 7);
 
     for (client, version) in [
@@ -350,7 +331,7 @@ async fn large_request_body_is_streamed_intact() {
 async fn large_response_body_arrives_intact() {
     let body = test_bytes(5 * 1024 * 1024, 11);
     let upstream = MockUpstream::start_with("big", Mode::Body(body.clone().into())).await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     for client in [proxy.client_h1(), proxy.client()] {
         let response = client.get(proxy.url("/download")).send().await.unwrap();
@@ -364,7 +345,7 @@ async fn large_response_body_arrives_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_connection_serves_50_sequential_requests() {
     let upstream = MockUpstream::start("alpha").await;
-    let proxy = proxy_to(&upstream).await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     // One client connection for all of them.
     let mut conn = proxy.raw().await;

@@ -13,21 +13,7 @@ use common::{test_bytes, MockUpstream, TestProxy};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_gets_101_and_bytes_echo_both_ways() {
     let upstream = MockUpstream::start("ws").await;
-    let proxy = TestProxy::builder()
-        .config(format!(
-            r#"
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
-"#,
-            upstream.server()
-        ))
-        .start()
-        .await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     let mut conn = proxy.raw().await;
     let request = format!(
@@ -74,21 +60,7 @@ session = false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_without_connection_upgrade_is_not_tunnelled() {
     let upstream = MockUpstream::start("ws").await;
-    let proxy = TestProxy::builder()
-        .config(format!(
-            r#"
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
-"#,
-            upstream.server()
-        ))
-        .start()
-        .await;
+    let proxy = TestProxy::in_front_of(&upstream).await;
 
     // `Upgrade` without `Connection: upgrade` is a hop-by-hop header to drop, not a tunnel.
     let mut conn = proxy.raw().await;

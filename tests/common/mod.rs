@@ -580,6 +580,23 @@ impl Drop for TestProxy {
 }
 
 impl TestProxy {
+    /// A proxy with one upstream `app` (`upstream`) on every path, without sessions.
+    pub async fn in_front_of(upstream: &MockUpstream) -> TestProxy {
+        TestProxy::in_front_of_with(upstream, "").await
+    }
+
+    /// Like [`TestProxy::in_front_of`], with `extra` TOML (e.g. a `[timeouts]` section)
+    /// before the upstream.
+    pub async fn in_front_of_with(upstream: &MockUpstream, extra: &str) -> TestProxy {
+        TestProxy::builder()
+            .config(format!(
+                "{extra}\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = false\n",
+                upstream.server()
+            ))
+            .start()
+            .await
+    }
+
     pub fn builder() -> TestProxyBuilder {
         TestProxyBuilder {
             body: String::new(),
