@@ -188,6 +188,9 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.session.max_sessions != new.session.max_sessions {
         changed.push("session.max_sessions");
     }
+    if old.listen.workers != new.listen.workers {
+        changed.push("listen.workers");
+    }
     if old.limits.max_connections != new.limits.max_connections {
         changed.push("limits.max_connections");
     }
