@@ -114,20 +114,30 @@ pub fn form_encode(pairs: &[(String, String)]) -> String {
     out
 }
 
-fn encode_component(text: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+/// Appends `text` form-encoded (`application/x-www-form-urlencoded`: space as `+`).
+pub(crate) fn encode_component(text: &str, out: &mut String) {
     for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(byte));
-            }
-            b' ' => out.push('+'),
-            _ => {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(byte >> 4)]));
-                out.push(char::from(HEX[usize::from(byte & 0xf)]));
-            }
+        if byte == b' ' {
+            out.push('+');
+        } else {
+            percent_encode_byte(
+                byte,
+                |b| b.is_ascii_alphanumeric() || b"-._*".contains(&b),
+                out,
+            );
         }
+    }
+}
+
+/// Appends `byte` as itself when `keep` says so, else as `%XX`.
+pub(crate) fn percent_encode_byte(byte: u8, keep: impl Fn(u8) -> bool, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if keep(byte) {
+        out.push(char::from(byte));
+    } else {
+        out.push('%');
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
 }
 

@@ -17,7 +17,7 @@ use super::body::ResponseBody;
 use super::pipeline::Outcome;
 use super::ProxyError;
 use crate::config::{ControlConfig, RouteConfig};
-use crate::inject::percent_decode;
+use crate::inject::{encode_component, percent_decode, percent_encode_byte};
 use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
 use crate::state::{AppState, Runtime};
 
@@ -140,8 +140,7 @@ pub(crate) fn require_user<B>(
             let mut location = login.clone();
             location.push(if login.contains('?') { '&' } else { '?' });
             location.push_str("next=");
-            location
-                .push_str(&crate::inject::form_encode(&[(String::new(), next.to_string())])[1..]);
+            encode_component(next, &mut location);
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::FOUND;
             if let Ok(value) = HeaderValue::from_str(&location) {
@@ -375,17 +374,13 @@ fn next_target(uri: &Uri) -> Option<String> {
 /// Percent-encodes what may not stand in a URI reference (space, non-ASCII, `%`,
 /// quotes, …), keeping its structure (`/`, `?`, `&`, `=`, `#`).
 fn uri_reference(text: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
-        let keep = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&byte);
-        if keep {
-            out.push(char::from(byte));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+        percent_encode_byte(
+            byte,
+            |b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&b),
+            &mut out,
+        );
     }
     out
 }
