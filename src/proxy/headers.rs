@@ -49,11 +49,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, tunnel: bool) {
             headers.remove(&name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+    remove_present(headers, &HOP_BY_HOP);
     if !tunnel {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// Removes those of `names` that are present. One pass over the (few) headers a message
+/// carries instead of a hashed lookup per name: most messages carry none of them.
+pub(crate) fn remove_present(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let mut present = 0u64;
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|name| name == key) {
+            present |= 1 << (i % 64);
+        }
+    }
+    for (i, name) in names.iter().enumerate() {
+        if present & (1 << (i % 64)) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

@@ -176,17 +176,26 @@ pub(crate) fn take_control(
     names: &ControlConfig,
     cookie_name: &str,
 ) -> Control {
-    let mut control = Control {
-        set_user: headers.remove(&names.set_user),
-        set_roles: headers.remove(&names.set_roles),
-        ..Control::default()
-    };
-    if headers.contains_key(&names.set_data) {
-        control.set_data = headers.get_all(&names.set_data).iter().cloned().collect();
-        headers.remove(&names.set_data);
+    let mut control = Control::default();
+    // One pass to see whether anything is there (nearly never): no hashed lookups.
+    let (mut any_control, mut any_cookie) = (false, false);
+    for key in headers.keys() {
+        any_cookie |= key == header::SET_COOKIE;
+        any_control |= *key == names.set_user
+            || *key == names.set_roles
+            || *key == names.set_data
+            || *key == names.logout;
     }
-    control.logout = headers.remove(&names.logout).is_some();
-    if headers.contains_key(header::SET_COOKIE) {
+    if any_control {
+        control.set_user = headers.remove(&names.set_user);
+        control.set_roles = headers.remove(&names.set_roles);
+        if headers.contains_key(&names.set_data) {
+            control.set_data = headers.get_all(&names.set_data).iter().cloned().collect();
+            headers.remove(&names.set_data);
+        }
+        control.logout = headers.remove(&names.logout).is_some();
+    }
+    if any_cookie {
         let ours = |v: &HeaderValue| {
             v.as_bytes().starts_with(cookie_name.as_bytes())
                 && v.as_bytes().get(cookie_name.len()) == Some(&b'=')
