@@ -334,12 +334,12 @@ fn ensure_demo_certificate(config_path: &Path) -> anyhow::Result<()> {
     eprintln!(
         "\n\
          ************************************************************************\n\
-         *  DEMO: generated a SELF-SIGNED certificate for localhost:            *\n\
-         *    {}\n\
-         *  Browsers will warn about it. Never use it in production: put your   *\n\
-         *  real certificate and key there (see certs/README.md).               *\n\
+         DEMO: generated a SELF-SIGNED certificate for localhost:\n  {}\n  {}\n\
+         Browsers will warn about it. Never use it in production: put your real\n\
+         certificate and key there instead (see certs/README.md).\n\
          ************************************************************************\n",
-        cert.display()
+        cert.display(),
+        key.display()
     );
     Ok(())
 }
