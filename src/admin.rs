@@ -2,23 +2,18 @@
 //! `/healthz` (the process is up) and `/readyz` (it accepts traffic; fails once
 //! shutdown began). Metrics and session administration join here in later work.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::proxy::ResponseBody;
 use crate::state::AppState;
 
-/// Serves the admin endpoints until `stop` flips.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    stop: watch::Receiver<bool>,
-) {
+/// Serves the admin endpoints until shutdown begins.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>) {
+    let stop = state.stop.clone();
     let answer = move |request: &Request<Incoming>| answer(&state, request);
     crate::listener::serve_plain(listener, "admin", answer, stop).await;
 }
@@ -26,9 +21,7 @@ pub(crate) async fn serve(
 fn answer(state: &AppState, request: &Request<Incoming>) -> Response<ResponseBody> {
     let (status, body) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n"),
-        "/readyz" if state.stopping.load(Ordering::Relaxed) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
-        }
+        "/readyz" if state.stop.is_raised() => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
         "/readyz" => (StatusCode::OK, "ready\n"),
         _ => (StatusCode::NOT_FOUND, "not found\n"),
     };

@@ -18,7 +18,6 @@ use http::{header, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::HealthConfig;
@@ -28,15 +27,16 @@ use crate::upstream::{BackendState, MAX_BACKOFF};
 /// How often the task looks for due checks.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Runs checks and probes until `stop` flips.
-pub(crate) async fn run(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+/// Runs checks and probes until shutdown begins.
+pub(crate) async fn run(state: Arc<AppState>) {
+    let stop = state.stop.clone();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut checks = JoinSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         }
         while checks.try_join_next().is_some() {}
         let runtime = state.runtime();

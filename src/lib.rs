@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -129,8 +129,6 @@ pub async fn run(
     let max_header_bytes = config.limits.max_header_bytes;
     let state = AppState::new(config, certs)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop = Arc::new(shutdown::Signal::default());
     let cut = Arc::new(shutdown::Signal::default());
     let open = Arc::new(AtomicUsize::new(0));
     let https_port = listeners
@@ -145,7 +143,6 @@ pub async fn run(
         tls,
         builder: Arc::new(listener::http_builder(max_header_bytes)),
         permits: Arc::new(Semaphore::new(max_connections)),
-        stop: stop.clone(),
         cut: cut.clone(),
         open: open.clone(),
     };
@@ -164,15 +161,15 @@ pub async fn run(
 
     let mut accept_loops = JoinSet::new();
     if let Some(http) = listeners.http {
-        accept_loops.spawn(redirect::serve(http, https_port, stop_rx.clone()));
+        accept_loops.spawn(redirect::serve(http, https_port, state.stop.clone()));
     }
     if let Some(admin) = listeners.admin {
-        accept_loops.spawn(admin::serve(admin, state.clone(), stop_rx.clone()));
+        accept_loops.spawn(admin::serve(admin, state.clone()));
     }
     let mut background = JoinSet::new();
-    background.spawn(health::run(state.clone(), stop_rx.clone()));
+    background.spawn(health::run(state.clone()));
     if let Some(memory) = state.memory.clone() {
-        background.spawn(reap_sessions(memory, state.clone(), stop_rx.clone()));
+        background.spawn(reap_sessions(memory, state.clone()));
     }
     tracing::info!(generation = 1, workers, "cloakroom is serving");
 
@@ -194,8 +191,6 @@ pub async fn run(
 
     state.begin_shutdown();
     let grace = state.runtime().config.timeouts.shutdown_grace;
-    let _ = stop_tx.send(true);
-    stop.raise();
     while accept_loops.join_next().await.is_some() {}
     tracing::info!(
         connections = open.load(Ordering::Relaxed),
@@ -237,17 +232,14 @@ async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> b
 }
 
 /// Removes expired sessions from the memory store in the background.
-async fn reap_sessions(
-    memory: Arc<session::MemoryStore>,
-    state: Arc<AppState>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn reap_sessions(memory: Arc<session::MemoryStore>, state: Arc<AppState>) {
+    let stop = state.stop.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         }
         let expiry = state.runtime().expiry;
         let memory = memory.clone();

@@ -246,8 +246,6 @@ pub(crate) struct Acceptor {
     pub(crate) tls: TlsAcceptor,
     pub(crate) builder: Arc<auto::Builder<TokioExecutor>>,
     pub(crate) permits: Arc<Semaphore>,
-    /// Raised when shutdown begins: stop accepting, finish open connections gracefully.
-    pub(crate) stop: Arc<Signal>,
     /// Raised when the shutdown grace period is over: connections still open are cut.
     pub(crate) cut: Arc<Signal>,
     /// Open client connections (from accept to close), across all workers.
@@ -296,7 +294,7 @@ pub(crate) fn worker(listener: std::net::TcpListener, acceptor: Acceptor) {
 
 /// Accepts TLS connections until shutdown begins.
 async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
-    let stop = acceptor.stop.clone();
+    let stop = acceptor.state.stop.clone();
     loop {
         let permit = tokio::select! {
             permit = acceptor.permits.clone().acquire_owned() => match permit {
@@ -398,7 +396,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        () = acceptor.stop.wait() => {
+        () = acceptor.state.stop.wait() => {
             // Finish the request in flight, then close (HTTP/2: GOAWAY).
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -410,12 +408,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
 }
 
 /// Serves a small plain-HTTP/1.1 endpoint (the admin listener, the 308 redirect) until
-/// `stop` flips: every request is answered synchronously by `answer`.
+/// `stop` is raised: every request is answered synchronously by `answer`.
 pub(crate) async fn serve_plain<F>(
     listener: TcpListener,
     what: &'static str,
     answer: F,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: Arc<Signal>,
 ) where
     F: Fn(&http::Request<hyper::body::Incoming>) -> http::Response<crate::proxy::ResponseBody>
         + Send
@@ -433,7 +431,7 @@ pub(crate) async fn serve_plain<F>(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            () = stop.wait() => return,
         };
         let answer = answer.clone();
         tokio::spawn(async move {

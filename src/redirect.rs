@@ -4,14 +4,16 @@
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+
+use crate::shutdown::Signal;
 
 use crate::proxy::ResponseBody;
 use crate::router::normalize_host;
 
-/// Serves redirects on `listener` to the https port `https_port` until `stop` flips.
-pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: watch::Receiver<bool>) {
+/// Serves redirects on `listener` to the https port `https_port` until `stop` is raised.
+pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: Arc<Signal>) {
     let answer = move |request: &Request<Incoming>| redirect(request, https_port);
     crate::listener::serve_plain(listener, "http", answer, stop).await;
 }

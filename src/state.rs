@@ -6,7 +6,6 @@
 //! with one store; on any error the running one stays.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,6 +14,7 @@ use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::router::Router;
 use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
+use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
 
@@ -27,8 +27,6 @@ pub struct Runtime {
     pub(crate) router: Router,
     /// Indexed like `config.upstreams`.
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
-    /// Whether any `[[tls.sni]]` certificate exists (only then can a request be misdirected).
-    pub(crate) has_sni_certs: bool,
     /// Seals and opens the session cookie.
     pub(crate) cookie: CookieCodec,
     pub(crate) expiry: Expiry,
@@ -48,8 +46,9 @@ pub struct AppState {
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
-    /// Set when shutdown began (`/readyz` fails).
-    pub(crate) stopping: AtomicBool,
+    /// Raised when shutdown begins: accept loops stop, connections finish gracefully,
+    /// background tasks end, `/readyz` fails.
+    pub(crate) stop: Arc<Signal>,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -79,7 +78,7 @@ impl AppState {
             store: memory.clone(),
             memory: Some(memory),
             fallback_secret,
-            stopping: AtomicBool::new(false),
+            stop: Arc::default(),
         }))
     }
 
@@ -111,9 +110,9 @@ impl AppState {
         Ok(generation)
     }
 
-    /// Marks the proxy as stopping.
+    /// Begins shutdown (see [`AppState::stop`]).
     pub fn begin_shutdown(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
+        self.stop.raise();
     }
 }
 
@@ -162,7 +161,6 @@ fn build_runtime(
         generation,
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
-        has_sni_certs: !config.tls.sni.is_empty(),
         cookie: CookieCodec::new(&config.session, secret),
         expiry: Expiry::new(config.session.idle_timeout, config.session.absolute_timeout),
         inject: InjectRules::new(&config.inject, &config.control),

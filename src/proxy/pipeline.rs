@@ -51,7 +51,7 @@ pub(crate) async fn run(
     let mut host_buf = String::new();
     let host = request_host(&request, &mut host_buf)?;
     if let Some(sni) = conn.sni.as_deref() {
-        if rt.has_sni_certs && !state.certs.covers(sni, host) {
+        if !rt.config.tls.sni.is_empty() && !state.certs.covers(sni, host) {
             return Err(ProxyError::Misdirected);
         }
     }
