@@ -105,6 +105,16 @@ impl Handle {
     }
 }
 
+/// Locks `mutex`, recovering from poisoning: what we keep under locks (connection
+/// pools, probe counters, waker lists) stays valid even if a holder panicked, and the
+/// request path must not fail because of it.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -24,10 +24,7 @@ impl Signal {
     /// Raises the signal and wakes every waiter.
     pub(crate) fn raise(&self) {
         self.raised.store(true, Ordering::Release);
-        let waiters = match self.waiters.lock() {
-            Ok(mut guard) => std::mem::take(&mut *guard),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
+        let waiters = std::mem::take(&mut *crate::lock(&self.waiters));
         for waker in waiters.into_values() {
             waker.wake();
         }
@@ -48,19 +45,11 @@ impl Signal {
     }
 
     fn register(&self, id: u64, waker: &Waker) {
-        let mut waiters = match self.waiters.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        waiters.insert(id, waker.clone());
+        crate::lock(&self.waiters).insert(id, waker.clone());
     }
 
     fn unregister(&self, id: u64) {
-        let mut waiters = match self.waiters.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        waiters.remove(&id);
+        crate::lock(&self.waiters).remove(&id);
     }
 }
 

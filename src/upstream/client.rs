@@ -197,10 +197,7 @@ pub(crate) struct Deadlines {
 
 impl BackendState {
     fn checkout(&self, pool_idle: Duration) -> Option<Conn> {
-        let mut idle = match self.idle.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut idle = crate::lock(&self.idle);
         while let Some(entry) = idle.pop() {
             if !entry.conn.sender.is_closed() && entry.since.elapsed() < pool_idle {
                 return Some(entry.conn);
@@ -213,10 +210,7 @@ impl BackendState {
         if conn.sender.is_closed() || conn.driver.is_none() {
             return;
         }
-        let mut idle = match self.idle.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut idle = crate::lock(&self.idle);
         // Bound the pool; the oldest connections go first.
         if idle.len() >= MAX_IDLE_PER_SERVER {
             idle.remove(0);

@@ -88,10 +88,7 @@ impl BackendState {
     }
 
     pub(crate) fn probe(&self) -> std::sync::MutexGuard<'_, Probe> {
-        match self.probe.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::lock(&self.probe)
     }
 
     /// Takes the server out of rotation (logged once per transition). Pooled connections
@@ -104,9 +101,7 @@ impl BackendState {
             probe.backoff = FIRST_BACKOFF;
             probe.next = Instant::now() + FIRST_BACKOFF;
             drop(probe);
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.clear();
-            }
+            crate::lock(&self.idle).clear();
         }
     }
 
@@ -165,10 +160,7 @@ impl BackendRegistry {
     /// Builds the pools of a config generation, reusing the state of servers seen before
     /// and forgetting servers no longer named.
     pub fn build(&self, upstreams: &[UpstreamConfig]) -> Vec<Arc<UpstreamPool>> {
-        let mut states = match self.states.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut states = crate::lock(&self.states);
         let mut next = HashMap::new();
         let pools = upstreams
             .iter()
