@@ -19,12 +19,11 @@ pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: Arc<Sign
 }
 
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {
-    let mut host_buf = String::new();
     let host = request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(|h| normalize_host(h, &mut host_buf))
+        .map(normalize_host)
         .filter(|h| {
             !h.is_empty()
                 && h.bytes()

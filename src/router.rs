@@ -7,6 +7,7 @@
 //! under it. A host whose routes match no path falls through to less specific hosts.
 //! No IO, no allocation per lookup.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::{HostPattern, RouteConfig};
@@ -103,9 +104,9 @@ impl Router {
     }
 }
 
-/// The host part of a `Host` header or `:authority`, lower-cased, port and trailing dot removed.
-/// Writes into `buf` to avoid allocating; returns the normalised slice.
-pub fn normalize_host<'a>(authority: &str, buf: &'a mut String) -> &'a str {
+/// The host part of a `Host` header or `:authority`, lower-cased, port and trailing dot
+/// removed. Borrows unless the host has upper-case letters (browsers send lower case).
+pub fn normalize_host(authority: &str) -> Cow<'_, str> {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content.
         rest.split(']').next().unwrap_or(rest)
@@ -113,10 +114,11 @@ pub fn normalize_host<'a>(authority: &str, buf: &'a mut String) -> &'a str {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    buf.clear();
-    buf.push_str(host);
-    buf.make_ascii_lowercase();
-    buf.as_str()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 #[cfg(test)]
@@ -181,13 +183,9 @@ mod tests {
 
     #[test]
     fn host_normalisation() {
-        let mut buf = String::new();
-        assert_eq!(
-            normalize_host("App.Example.com:8443", &mut buf),
-            "app.example.com"
-        );
-        assert_eq!(normalize_host("example.com.", &mut buf), "example.com");
-        assert_eq!(normalize_host("[::1]:8443", &mut buf), "::1");
-        assert_eq!(normalize_host("localhost", &mut buf), "localhost");
+        assert_eq!(normalize_host("App.Example.com:8443"), "app.example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8443"), "::1");
+        assert_eq!(normalize_host("localhost"), "localhost");
     }
 }

@@ -48,8 +48,8 @@ pub(crate) async fn run(
     log: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_head_size(&request, rt.config.limits.max_header_bytes)?;
-    let mut host_buf = String::new();
-    let host = request_host(&request, &mut host_buf)?;
+    let host = request_host(&request)?;
+    let host = &*host;
     if let Some(sni) = conn.sni.as_deref() {
         if !rt.config.tls.sni.is_empty() && !state.certs.covers(sni, host) {
             return Err(ProxyError::Misdirected);
@@ -148,7 +148,7 @@ fn check_head_size<B>(request: &Request<B>, limit: usize) -> Result<(), ProxyErr
 }
 
 /// The normalised host: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn request_host<'a, B>(request: &Request<B>, buf: &'a mut String) -> Result<&'a str, ProxyError> {
+fn request_host<B>(request: &Request<B>) -> Result<std::borrow::Cow<'_, str>, ProxyError> {
     let authority = match request.uri().authority() {
         Some(authority) => authority.as_str(),
         None => request
@@ -158,7 +158,7 @@ fn request_host<'a, B>(request: &Request<B>, buf: &'a mut String) -> Result<&'a 
             .to_str()
             .map_err(|_| ProxyError::BadRequest("Host is not ASCII"))?,
     };
-    let host = normalize_host(authority, buf);
+    let host = normalize_host(authority);
     if host.is_empty() {
         return Err(ProxyError::BadRequest("empty Host"));
     }
