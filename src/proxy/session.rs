@@ -409,38 +409,52 @@ mod tests {
     #[test]
     fn csrf_rules() {
         let host = ("host", "app.test:8443");
-        assert!(check_csrf(&req(Method::GET, &[host, ("sec-fetch-site", "cross-site")])).is_ok());
-        assert!(check_csrf(&req(
-            Method::POST,
-            &[host, ("sec-fetch-site", "cross-site")]
-        ))
-        .is_err());
-        assert!(check_csrf(&req(Method::POST, &[host, ("sec-fetch-site", "same-site")])).is_ok());
-        assert!(check_csrf(&req(
-            Method::DELETE,
-            &[host, ("origin", "https://evil.test")]
-        ))
-        .is_err());
-        assert!(check_csrf(&req(
-            Method::PUT,
-            &[host, ("origin", "https://app.test:8443")]
-        ))
-        .is_ok());
-        assert!(check_csrf(&req(Method::POST, &[host, ("origin", "null")])).is_err());
-        assert!(check_csrf(&req(
-            Method::POST,
-            &[host, ("origin", "http://app.test:8443")]
-        ))
-        .is_err());
-        assert!(check_csrf(&req(
-            Method::POST,
-            &[("host", "a.test"), ("origin", "https://a.test:443")]
-        ))
-        .is_ok());
-        assert!(
-            check_csrf(&req(Method::POST, &[host])).is_ok(),
-            "no Origin, no Sec-Fetch-Site: allowed"
-        );
+        let allowed = true;
+        type Case<'a> = (Method, &'a [(&'a str, &'a str)], bool);
+        let table: &[Case<'_>] = &[
+            (
+                Method::GET,
+                &[host, ("sec-fetch-site", "cross-site")],
+                allowed,
+            ),
+            (
+                Method::POST,
+                &[host, ("sec-fetch-site", "cross-site")],
+                !allowed,
+            ),
+            (
+                Method::POST,
+                &[host, ("sec-fetch-site", "same-site")],
+                allowed,
+            ),
+            (
+                Method::DELETE,
+                &[host, ("origin", "https://evil.test")],
+                !allowed,
+            ),
+            (
+                Method::PUT,
+                &[host, ("origin", "https://app.test:8443")],
+                allowed,
+            ),
+            (Method::POST, &[host, ("origin", "null")], !allowed),
+            (
+                Method::POST,
+                &[host, ("origin", "http://app.test:8443")],
+                !allowed,
+            ),
+            (
+                Method::POST,
+                &[("host", "a.test"), ("origin", "https://a.test:443")],
+                allowed,
+            ),
+            // No Origin, no Sec-Fetch-Site: allowed.
+            (Method::POST, &[host], allowed),
+        ];
+        for (method, headers, expected) in table {
+            let ok = check_csrf(&req(method.clone(), headers)).is_ok();
+            assert_eq!(ok, *expected, "{method} {headers:?}");
+        }
     }
 
     #[test]
