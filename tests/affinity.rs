@@ -303,6 +303,14 @@ upstream = "app"
 }
 
 /// `"127.0.0.1:PORT"` quoted, for [`config`].
+/// A proxy over `servers` with the upstream `keys` and `health` (see [`config`]).
+async fn start_proxy(servers: &[String], keys: &str, health: &str) -> TestProxy {
+    TestProxy::builder()
+        .config(config(servers, keys, health))
+        .start()
+        .await
+}
+
 fn quoted(server: impl std::fmt::Display) -> String {
     format!("\"{server}\"")
 }
@@ -395,14 +403,12 @@ fn tally(servers: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
 async fn sticky_session_sends_all_30_requests_to_one_server() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let mut browser = Browser::new(&proxy);
     let first = browser.visit(&proxy, "/").await;
@@ -441,14 +447,12 @@ async fn sticky_session_sends_all_30_requests_to_one_server() {
 async fn forty_new_sessions_spread_over_two_servers() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let sessions = new_sessions(&proxy, 40).await;
     let counts = tally(sessions.into_iter().map(|(_, s)| s));
@@ -460,17 +464,15 @@ async fn forty_new_sessions_spread_over_two_servers() {
 async fn weights_share_new_sessions_in_proportion() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[
-                format!("{{ addr = \"{}\", weight = 3 }}", a.server()),
-                quoted(b.server()),
-            ],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[
+            format!("{{ addr = \"{}\", weight = 3 }}", a.server()),
+            quoted(b.server()),
+        ],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let sessions = new_sessions(&proxy, 40).await;
     let counts = tally(sessions.into_iter().map(|(_, s)| s));
@@ -483,14 +485,12 @@ async fn weights_share_new_sessions_in_proportion() {
 async fn killing_the_pinned_server_moves_the_session_without_a_failed_request_and_keeps_its_user() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let mut browser = Browser::new(&proxy);
     let pinned_name = browser.visit(&proxy, "/login").await;
@@ -557,17 +557,15 @@ async fn concurrent_requests_of_a_moved_session_all_land_on_one_server() {
         Upstream::start("b").await,
         Upstream::start("c").await,
     ];
-    let proxy = TestProxy::builder()
-        .config(config(
-            &servers
-                .iter()
-                .map(|s| quoted(s.server()))
-                .collect::<Vec<_>>(),
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &servers
+            .iter()
+            .map(|s| quoted(s.server()))
+            .collect::<Vec<_>>(),
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let mut browser = Browser::new(&proxy);
     let home = browser.visit(&proxy, "/").await;
@@ -604,14 +602,12 @@ async fn concurrent_requests_of_a_moved_session_all_land_on_one_server() {
 async fn killed_server_is_probed_and_gets_new_sessions_again_when_it_is_back() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     a.kill().await;
     // The first requests find out (a refused connect marks the server down at once).
@@ -650,14 +646,12 @@ async fn bind_again(addr: SocketAddr) -> TcpListener {
 async fn on_pinned_down_fail_answers_503_when_the_pinned_server_is_killed() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"\non_pinned_down = \"fail\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"\non_pinned_down = \"fail\"",
+        "",
+    )
+    .await;
 
     let mut browser = Browser::new(&proxy);
     let pinned_name = browser.visit(&proxy, "/").await;
@@ -695,14 +689,12 @@ async fn server_failing_healthz_gets_no_new_sessions_within_three_intervals_and_
 ) {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "path = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "path = \"/healthz\"\ninterval = \"200ms\"\ntimeout = \"100ms\"",
+    )
+    .await;
 
     poll_until(SOON, "both servers are checked", || async {
         a.checks_passed() >= 2 && b.checks_passed() >= 2
@@ -744,10 +736,7 @@ async fn draining_a_server_by_reload_keeps_its_sessions_and_sends_new_ones_elsew
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
     let keys = "balance = \"round_robin\"\naffinity = \"sticky\"";
-    let proxy = TestProxy::builder()
-        .config(config(&[quoted(a.server()), quoted(b.server())], keys, ""))
-        .start()
-        .await;
+    let proxy = start_proxy(&[quoted(a.server()), quoted(b.server())], keys, "").await;
 
     let sessions = new_sessions(&proxy, 8).await;
     let mut on_b: Vec<Browser> = sessions
@@ -797,14 +786,12 @@ async fn draining_a_server_by_reload_keeps_its_sessions_and_sends_new_ones_elsew
 async fn hash_sends_each_session_to_one_server_and_uses_both() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "affinity = \"hash\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "affinity = \"hash\"",
+        "",
+    )
+    .await;
 
     let mut sessions = new_sessions(&proxy, 40).await;
     for (browser, first) in &mut sessions {
@@ -836,17 +823,15 @@ async fn hash_moves_only_the_sessions_of_a_killed_server() {
         Upstream::start("b").await,
         Upstream::start("c").await,
     ];
-    let proxy = TestProxy::builder()
-        .config(config(
-            &servers
-                .iter()
-                .map(|s| quoted(s.server()))
-                .collect::<Vec<_>>(),
-            "affinity = \"hash\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &servers
+            .iter()
+            .map(|s| quoted(s.server()))
+            .collect::<Vec<_>>(),
+        "affinity = \"hash\"",
+        "",
+    )
+    .await;
 
     let mut sessions = new_sessions(&proxy, 30).await;
     let counts = tally(sessions.iter().map(|(_, s)| s.clone()));
@@ -892,14 +877,12 @@ async fn hash_moves_only_the_sessions_of_a_killed_server() {
 async fn affinity_none_spreads_one_sessions_requests_over_both_servers() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"none\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"none\"",
+        "",
+    )
+    .await;
 
     let mut browser = Browser::new(&proxy);
     let mut served = Vec::new();
@@ -929,14 +912,12 @@ async fn least_conn_share_of_fast(make_slow: impl FnOnce(&Upstream)) -> HashMap<
     let slow = Upstream::start("slow").await;
     let fast = Upstream::start("fast").await;
     make_slow(&slow);
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(slow.server()), quoted(fast.server())],
-            "balance = \"least_conn\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(slow.server()), quoted(fast.server())],
+        "balance = \"least_conn\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let tasks: Vec<_> = (0..20)
         .map(|i| {
@@ -984,14 +965,12 @@ async fn least_conn_counts_a_response_until_its_body_is_sent() {
 async fn random_balance_spreads_new_sessions() {
     let a = Upstream::start("a").await;
     let b = Upstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"random\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"random\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let counts = tally(new_sessions(&proxy, 40).await.into_iter().map(|(_, s)| s));
     // 50/50 draws: fewer than 6 of 40 on one side has a probability under 1e-6.
@@ -1005,14 +984,12 @@ async fn random_balance_spreads_new_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_server_gives_503_with_retry_after() {
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(refused_addr()), quoted(refused_addr())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(refused_addr()), quoted(refused_addr())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     let client = proxy.client();
     // The first request finds out that both refuse (and reports the connect failure).
@@ -1044,14 +1021,12 @@ async fn no_healthy_server_gives_503_with_retry_after() {
 async fn post_is_retried_after_a_refused_connect(streamed: bool) {
     let first = Upstream::start("first").await;
     let second = Upstream::start("second").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(first.server()), quoted(second.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(first.server()), quoted(second.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
     // The proxy still thinks `first` is up, and round robin starts at the first server.
     first.kill().await;
 
@@ -1106,14 +1081,12 @@ async fn streamed_post_whose_first_server_refuses_the_connect_is_retried_with_it
 async fn websocket_upgrade_of_a_session_goes_to_its_pinned_server() {
     let a = MockUpstream::start("a").await;
     let b = MockUpstream::start("b").await;
-    let proxy = TestProxy::builder()
-        .config(config(
-            &[quoted(a.server()), quoted(b.server())],
-            "balance = \"round_robin\"\naffinity = \"sticky\"",
-            "",
-        ))
-        .start()
-        .await;
+    let proxy = start_proxy(
+        &[quoted(a.server()), quoted(b.server())],
+        "balance = \"round_robin\"\naffinity = \"sticky\"",
+        "",
+    )
+    .await;
 
     // Two sessions, one per server (round robin).
     let mut pinned = Vec::new();
