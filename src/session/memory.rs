@@ -79,8 +79,7 @@ impl Entry {
     }
 
     fn is_live(&self, now: u64, expiry: Expiry) -> bool {
-        now.saturating_sub(self.last_seen.load(Ordering::Relaxed)) < expiry.idle_ms
-            && now.saturating_sub(self.created) < expiry.absolute_ms
+        expiry.allows(self.created, self.last_seen.load(Ordering::Relaxed), now)
     }
 }
 

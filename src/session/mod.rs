@@ -40,14 +40,6 @@ impl PublicId {
     pub fn encode(&self) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0)
     }
-
-    /// Parses [`PublicId::encode`]'s output.
-    pub fn decode(text: &str) -> Option<PublicId> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()?;
-        Some(PublicId(bytes.try_into().ok()?))
-    }
 }
 
 impl std::fmt::Debug for PublicId {
@@ -104,12 +96,6 @@ impl Session {
     pub fn roles(&self) -> Option<&str> {
         self.identity.as_ref().and_then(|i| i.roles.as_deref())
     }
-
-    /// Whether the session may be used at `now` under `expiry`.
-    pub fn is_live(&self, now: u64, expiry: Expiry) -> bool {
-        now.saturating_sub(self.last_seen) < expiry.idle_ms
-            && now.saturating_sub(self.created) < expiry.absolute_ms
-    }
 }
 
 /// Idle and absolute lifetimes, in milliseconds.
@@ -129,12 +115,11 @@ impl Expiry {
         }
     }
 
-    /// When a session expires: the earlier of the idle and absolute deadlines (unix ms).
-    pub fn deadline(&self, session: &Session) -> u64 {
-        session
-            .last_seen
-            .saturating_add(self.idle_ms)
-            .min(session.created.saturating_add(self.absolute_ms))
+    /// Whether a session created and last seen at these times (unix ms) is live at
+    /// `now`: the one expiry rule every store applies.
+    pub fn allows(&self, created: u64, last_seen: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen) < self.idle_ms
+            && now.saturating_sub(created) < self.absolute_ms
     }
 }
 
