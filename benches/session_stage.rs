@@ -69,7 +69,11 @@ impl Fixture {
             .expect("the bench config is valid");
         let codec = CookieCodec::new(&config.session, &[7u8; 32]);
         let rules = InjectRules::new(&config.inject, &config.control);
-        let expiry = Expiry::new(config.session.idle_timeout, config.session.absolute_timeout);
+        let expiry = Expiry::new(
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+            config.session.touch_interval,
+        );
 
         let store = MemoryStore::new(config.session.max_sessions);
         let now = now_ms();

@@ -41,8 +41,6 @@ pub struct AppState {
     backends: BackendRegistry,
     /// Where sessions live (chosen at start; a change needs a restart).
     pub(crate) store: Arc<dyn SessionStore>,
-    /// The memory store, for its background reaper.
-    pub(crate) memory: Option<Arc<MemoryStore>>,
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
@@ -69,14 +67,13 @@ impl AppState {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
-        let memory = Arc::new(MemoryStore::new(config.session.max_sessions));
+        let store = Arc::new(MemoryStore::new(config.session.max_sessions));
         let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
-            store: memory.clone(),
-            memory: Some(memory),
+            store,
             fallback_secret,
             stop: Arc::default(),
         }))
@@ -97,6 +94,9 @@ impl AppState {
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let (config, certs) = loaded;
         warn_restart_only_changes(&current.config, &config);
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let next = build_runtime(
             &self.backends,
             Arc::new(config),
@@ -162,7 +162,11 @@ fn build_runtime(
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
         cookie: CookieCodec::new(&config.session, secret),
-        expiry: Expiry::new(config.session.idle_timeout, config.session.absolute_timeout),
+        expiry: Expiry::new(
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+            config.session.touch_interval,
+        ),
         inject: InjectRules::new(&config.inject, &config.control),
         config,
     }

@@ -4,11 +4,11 @@
 //!
 //! Fail closed on identity: a cookie that does not verify, or names no live session,
 //! starts a fresh anonymous session; it never yields an identity and never an error.
-//! Every store call runs under [`STORE_TIMEOUT`]; a store failure is a 503.
+//! Every store call runs under the store's timeout (`session.redis.timeout`, …); a
+//! store failure is a 503.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -20,9 +20,6 @@ use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::{encode_component, percent_decode, percent_encode_byte};
 use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
 use crate::state::{AppState, Runtime};
-
-/// Deadline of one store operation.
-pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Bounds on what an upstream may store through control headers.
 const MAX_USER_BYTES: usize = 256;
@@ -42,9 +39,12 @@ pub(crate) struct SessionCtx {
     pub(crate) pin_changed: bool,
 }
 
-/// Runs a store call under the deadline.
-async fn store_call<T>(call: impl Future<Output = Result<T, StoreError>>) -> Result<T, ProxyError> {
-    match tokio::time::timeout(STORE_TIMEOUT, call).await {
+/// Runs a store call under the store's deadline.
+async fn store_call<T>(
+    rt: &Runtime,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, ProxyError> {
+    match tokio::time::timeout(rt.config.session.store_timeout(), call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(ProxyError::Store(error)),
         Err(_) => Err(ProxyError::Store(StoreError::Timeout)),
@@ -60,7 +60,7 @@ pub(crate) async fn find(
     now: u64,
 ) -> Result<SessionCtx, ProxyError> {
     if let Some(token) = rt.cookie.find_cached(headers, cache) {
-        if let Some(session) = store_call(state.store.load(&token, now, rt.expiry)).await? {
+        if let Some(session) = store_call(rt, state.store.load(&token, now, rt.expiry)).await? {
             return Ok(SessionCtx {
                 token: Some(token),
                 session,
@@ -235,7 +235,7 @@ pub(crate) async fn commit(
     } = ctx;
     if control.logout {
         if let Some(token) = &token {
-            store_call(state.store.destroy(token)).await?;
+            store_call(rt, state.store.destroy(token)).await?;
             outcome.set_cookie = rt.cookie.expire_cookie();
         }
         return Ok(());
@@ -265,7 +265,7 @@ pub(crate) async fn commit(
         session.data = (!data.is_empty()).then(|| Arc::new(data));
     }
     match token {
-        None => match store_call(state.store.create(&session, rt.expiry)).await {
+        None => match store_call(rt, state.store.create(&session, rt.expiry)).await {
             Ok(token) => outcome.set_cookie = rt.cookie.set_cookie(&token),
             // Full of sessions that may not be evicted: this request was served, its
             // session is not kept.
@@ -275,11 +275,11 @@ pub(crate) async fn commit(
             Err(error) => return Err(error),
         },
         Some(token) if identity_changed => {
-            let fresh = store_call(state.store.regenerate(&token, &session, rt.expiry)).await?;
+            let fresh = store_call(rt, state.store.regenerate(&token, &session, rt.expiry)).await?;
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
         }
         Some(token) if data_changed || pin_changed => {
-            store_call(state.store.save(&token, &session, rt.expiry)).await?;
+            store_call(rt, state.store.save(&token, &session, rt.expiry)).await?;
         }
         Some(_) => {}
     }
@@ -350,7 +350,7 @@ pub(crate) async fn logout_endpoint<B>(
     }
     check_csrf(request)?;
     if let Some(token) = rt.cookie.find(request.headers()) {
-        store_call(state.store.destroy(&token)).await?;
+        store_call(rt, state.store.destroy(&token)).await?;
     }
     outcome.set_cookie = rt.cookie.expire_cookie();
     let next = next_target(request.uri()).unwrap_or_else(|| "/".to_string());

@@ -211,6 +211,10 @@ mod tests {
             store: crate::config::StoreKind::Memory,
             secret: None,
             max_sessions: 10,
+            previous_secrets: Vec::new(),
+            persist: None,
+            persist_interval: Duration::from_secs(30),
+            touch_interval: Duration::from_secs(6),
         }
     }
 
