@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::router::Router;
-use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
+use crate::session::store::SealedCodec;
+use crate::session::{CookieCodec, Expiry, SessionStore};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
@@ -27,8 +28,10 @@ pub struct Runtime {
     pub(crate) router: Router,
     /// Indexed like `config.upstreams`.
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
-    /// Seals and opens the session cookie.
+    /// Finds our cookie, MACs and opens tokens, writes `Set-Cookie`.
     pub(crate) cookie: CookieCodec,
+    /// With `store = "cookie"`: seals the whole session into the cookie's value.
+    pub(crate) sealed: Option<SealedCodec>,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
 }
@@ -63,11 +66,11 @@ impl AppState {
     pub fn new(
         config: Config,
         certs: CertTable,
+        store: Arc<dyn SessionStore>,
     ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
-        let store = Arc::new(MemoryStore::new(config.session.max_sessions));
         let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
@@ -130,7 +133,7 @@ fn check_supported(config: &Config) -> Result<(), ConfigError> {
     let store = match config.session.store {
         StoreKind::Memory => return Ok(()),
         StoreKind::Redis(_) => "redis",
-        StoreKind::Cookie => "cookie",
+        StoreKind::Cookie => return Ok(()),
     };
     Err(config.error_at(
         "session.store",
@@ -152,16 +155,21 @@ fn build_runtime(
     generation: u64,
     fallback_secret: &[u8; 32],
 ) -> Runtime {
-    let secret = config
+    let current = config
         .session
         .secret
         .as_ref()
         .map_or(&fallback_secret[..], |s| &s.0[..]);
+    let secrets: Vec<&[u8]> = std::iter::once(current)
+        .chain(config.session.previous_secrets.iter().map(|s| &s.0[..]))
+        .collect();
     Runtime {
         generation,
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
-        cookie: CookieCodec::new(&config.session, secret),
+        cookie: CookieCodec::new(&config.session, &secrets),
+        sealed: matches!(config.session.store, StoreKind::Cookie)
+            .then(|| SealedCodec::new(&config.session.cookie, &secrets)),
         expiry: Expiry::new(
             config.session.idle_timeout,
             config.session.absolute_timeout,

@@ -1193,7 +1193,7 @@ async fn cookie_sealed_for_another_cookie_name_is_refused() {
             persist_interval: Duration::from_secs(30),
             touch_interval: Duration::from_secs(180),
         };
-        cloakroom::session::CookieCodec::new(&session, SECRET.as_bytes())
+        cloakroom::session::CookieCodec::new(&session, &[SECRET.as_bytes()])
     };
     let token = codec(COOKIE)
         .open(&cookie)

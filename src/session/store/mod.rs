@@ -11,10 +11,29 @@
 //! runs one suite against every engine.
 
 pub mod memory;
+pub mod sealed;
 
 use super::{Expiry, PublicId, Session, Token};
 
 pub use memory::MemoryStore;
+pub use sealed::{CookieOnly, SealError, SealedCodec};
+
+use std::sync::Arc;
+
+use crate::config::{SessionConfig, StoreKind};
+
+/// Opens the store `config` names (connecting to its server, if it has one).
+pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+    Ok(match &config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
+        StoreKind::Cookie => Arc::new(CookieOnly),
+        StoreKind::Redis(_) => {
+            return Err(StoreError::Unsupported(
+                "store = \"redis\" is not available in this build",
+            ))
+        }
+    })
+}
 
 /// What the admin API lists about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
