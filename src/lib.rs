@@ -14,6 +14,7 @@ pub mod demo;
 pub mod health;
 pub mod inject;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod router;
@@ -140,7 +141,7 @@ pub async fn run(
     let state = AppState::new(config, certs)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = state.metrics.open_connections.clone();
     let https_port = listeners
         .https
         .local_addr()
@@ -186,14 +187,7 @@ pub async fn run(
     while let Some(command) = commands.0.recv().await {
         match command {
             Command::Reload(reply) => {
-                let result = state.reload().await;
-                match &result {
-                    Ok(generation) => tracing::info!(generation, "configuration reloaded"),
-                    Err(error) => tracing::warn!(
-                        "reload refused, keeping the running configuration:\n{error}"
-                    ),
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(reload_now(&state).await);
             }
             Command::Shutdown => break,
         }
@@ -227,6 +221,19 @@ pub async fn run(
     .await;
     background.shutdown().await;
     Ok(())
+}
+
+/// Reloads the configuration (SIGHUP, `Handle::reload` and `POST /reload` all come
+/// here), one reload at a time; logs and counts the result.
+pub(crate) async fn reload_now(state: &AppState) -> Result<u64, ReloadError> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let result = state.reload().await;
+    state.metrics.reloaded(result.is_ok());
+    match &result {
+        Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+        Err(error) => tracing::warn!("reload refused, keeping the running configuration:\n{error}"),
+    }
+    result
 }
 
 /// Waits until no client connection is open, or `within` passed; true when none is.

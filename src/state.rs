@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
+use crate::metrics::{route_label, Metrics, RequestMetrics};
 use crate::router::Router;
 use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
 use crate::shutdown::Signal;
@@ -31,6 +32,10 @@ pub struct Runtime {
     pub(crate) cookie: CookieCodec,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
+    /// Pre-resolved metric handles; `None` without an admin listener (nothing reads them).
+    pub(crate) metrics: Option<RequestMetrics>,
+    /// Each route as logs and metrics name it (`host/path`), indexed like `config.routes`.
+    pub(crate) route_names: Vec<Arc<str>>,
 }
 
 /// State shared by every connection of the process.
@@ -49,6 +54,12 @@ pub struct AppState {
     /// Raised when shutdown begins: accept loops stop, connections finish gracefully,
     /// background tasks end, `/readyz` fails.
     pub(crate) stop: Arc<Signal>,
+    /// Every metric of the process; kept across reloads.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Numbers connections for `X-Request-Id`.
+    pub(crate) request_ids: crate::proxy::RequestIds,
+    /// Held while a reload runs: SIGHUP and `POST /reload` never interleave.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -70,7 +81,8 @@ impl AppState {
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
         let memory = Arc::new(MemoryStore::new(config.session.max_sessions));
-        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
+        let metrics = Arc::new(Metrics::new());
+        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret, &metrics);
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
@@ -79,6 +91,9 @@ impl AppState {
             memory: Some(memory),
             fallback_secret,
             stop: Arc::default(),
+            metrics,
+            request_ids: crate::proxy::RequestIds::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -102,6 +117,7 @@ impl AppState {
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
+            &self.metrics,
         );
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
@@ -151,6 +167,7 @@ fn build_runtime(
     config: Arc<Config>,
     generation: u64,
     fallback_secret: &[u8; 32],
+    metrics: &Arc<Metrics>,
 ) -> Runtime {
     let secret = config
         .session
@@ -164,6 +181,16 @@ fn build_runtime(
         cookie: CookieCodec::new(&config.session, secret),
         expiry: Expiry::new(config.session.idle_timeout, config.session.absolute_timeout),
         inject: InjectRules::new(&config.inject, &config.control),
+        metrics: config
+            .listen
+            .admin
+            .is_some()
+            .then(|| RequestMetrics::new(metrics, &config)),
+        route_names: config
+            .routes
+            .iter()
+            .map(|r| route_label(r).into())
+            .collect(),
         config,
     }
 }
@@ -185,6 +212,9 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
     if old.session.max_sessions != new.session.max_sessions {
         changed.push("session.max_sessions");
+    }
+    if old.log.format != new.log.format {
+        changed.push("log.format");
     }
     if old.listen.workers != new.listen.workers {
         changed.push("listen.workers");
