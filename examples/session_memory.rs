@@ -30,7 +30,11 @@ fn rss_bytes() -> Result<u64, String> {
 }
 
 async fn fill() -> Result<(), String> {
-    let expiry = Expiry::new(Duration::from_secs(30 * 60), Duration::from_secs(12 * 3600));
+    let expiry = Expiry::new(
+        Duration::from_secs(30 * 60),
+        Duration::from_secs(12 * 3600),
+        Duration::from_secs(3 * 60),
+    );
     let now = now_ms();
     let before = rss_bytes()?;
     let store = MemoryStore::new(CAPACITY);

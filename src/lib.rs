@@ -138,7 +138,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
-    let state = AppState::new(config, certs)?;
+    let store = session::store::open(&config.session).await?;
+    let state = AppState::new(config, certs, store)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();
@@ -179,8 +180,9 @@ pub async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
-    if let Some(memory) = state.memory.clone() {
-        background.spawn(reap_sessions(memory, state.clone()));
+    background.spawn(sweep_sessions(state.clone()));
+    for warning in &state.runtime().config.warnings {
+        tracing::warn!("{warning}");
     }
     tracing::info!(generation = 1, workers, "cloakroom is serving");
 
@@ -248,8 +250,10 @@ async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> b
     true
 }
 
-/// Removes expired sessions from the memory store in the background.
-async fn reap_sessions(memory: Arc<session::MemoryStore>, state: Arc<AppState>) {
+/// Lets the session store remove expired sessions in the background (the memory
+/// store's reaper, PostgreSQL's sweep); off the request threads, which run their own
+/// event loops.
+async fn sweep_sessions(state: Arc<AppState>) {
     let stop = state.stop.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -259,13 +263,13 @@ async fn reap_sessions(memory: Arc<session::MemoryStore>, state: Arc<AppState>) 
             () = stop.wait() => return,
         }
         let expiry = state.runtime().expiry;
-        let memory = memory.clone();
-        // The scan locks one shard at a time; keep it off the request threads.
-        let reaped = tokio::task::spawn_blocking(move || memory.reap(session::now_ms(), expiry))
-            .await
-            .unwrap_or(0);
-        if reaped > 0 {
-            tracing::debug!(reaped, "expired sessions removed");
+        match state.store.sweep(session::now_ms(), expiry).await {
+            Ok(0) => {}
+            Ok(removed) => {
+                state.metrics.session_ended("expired", removed as u64);
+                tracing::debug!(removed, "expired sessions removed");
+            }
+            Err(error) => tracing::warn!(%error, "session sweep failed"),
         }
     }
 }

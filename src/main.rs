@@ -175,6 +175,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 fn check(path: &Path) -> ExitCode {
     match cloakroom::state::load_with_certs(path) {
         Ok((config, _)) => {
+            for warning in &config.warnings {
+                eprintln!("warning: {warning}");
+            }
             println!(
                 "{}: ok ({} upstream(s), {} route(s))",
                 path.display(),

@@ -14,7 +14,8 @@ use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
 use crate::router::Router;
-use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
+use crate::session::store::SealedCodec;
+use crate::session::{CookieCodec, Expiry, SessionStore};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
@@ -28,8 +29,10 @@ pub struct Runtime {
     pub(crate) router: Router,
     /// Indexed like `config.upstreams`.
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
-    /// Seals and opens the session cookie.
+    /// Finds our cookie, MACs and opens tokens, writes `Set-Cookie`.
     pub(crate) cookie: CookieCodec,
+    /// With `store = "cookie"`: seals the whole session into the cookie's value.
+    pub(crate) sealed: Option<SealedCodec>,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
     /// Pre-resolved metric handles; `None` without an admin listener (nothing reads them).
@@ -46,8 +49,6 @@ pub struct AppState {
     backends: BackendRegistry,
     /// Where sessions live (chosen at start; a change needs a restart).
     pub(crate) store: Arc<dyn SessionStore>,
-    /// The memory store, for its background reaper.
-    pub(crate) memory: Option<Arc<MemoryStore>>,
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
@@ -76,19 +77,18 @@ impl AppState {
     pub fn new(
         config: Config,
         certs: CertTable,
+        store: Arc<dyn SessionStore>,
     ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
-        let memory = Arc::new(MemoryStore::new(config.session.max_sessions));
         let metrics = Arc::new(Metrics::new());
         let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret, &metrics);
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
-            store: memory.clone(),
-            memory: Some(memory),
+            store,
             fallback_secret,
             stop: Arc::default(),
             metrics,
@@ -112,6 +112,9 @@ impl AppState {
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let (config, certs) = loaded;
         warn_restart_only_changes(&current.config, &config);
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let next = build_runtime(
             &self.backends,
             Arc::new(config),
@@ -146,7 +149,7 @@ fn check_supported(config: &Config) -> Result<(), ConfigError> {
     let store = match config.session.store {
         StoreKind::Memory => return Ok(()),
         StoreKind::Redis(_) => "redis",
-        StoreKind::Cookie => "cookie",
+        StoreKind::Cookie => return Ok(()),
     };
     Err(config.error_at(
         "session.store",
@@ -169,17 +172,26 @@ fn build_runtime(
     fallback_secret: &[u8; 32],
     metrics: &Arc<Metrics>,
 ) -> Runtime {
-    let secret = config
+    let current = config
         .session
         .secret
         .as_ref()
         .map_or(&fallback_secret[..], |s| &s.0[..]);
+    let secrets: Vec<&[u8]> = std::iter::once(current)
+        .chain(config.session.previous_secrets.iter().map(|s| &s.0[..]))
+        .collect();
     Runtime {
         generation,
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
-        cookie: CookieCodec::new(&config.session, secret),
-        expiry: Expiry::new(config.session.idle_timeout, config.session.absolute_timeout),
+        cookie: CookieCodec::new(&config.session, &secrets),
+        sealed: matches!(config.session.store, StoreKind::Cookie)
+            .then(|| SealedCodec::new(&config.session.cookie, &secrets)),
+        expiry: Expiry::new(
+            config.session.idle_timeout,
+            config.session.absolute_timeout,
+            config.session.touch_interval,
+        ),
         inject: InjectRules::new(&config.inject, &config.control),
         metrics: config
             .listen

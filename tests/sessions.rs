@@ -1188,8 +1188,12 @@ async fn cookie_sealed_for_another_cookie_name_is_refused() {
             store: cloakroom::config::StoreKind::Memory,
             secret: None,
             max_sessions: 10,
+            previous_secrets: Vec::new(),
+            persist: None,
+            persist_interval: Duration::from_secs(30),
+            touch_interval: Duration::from_secs(180),
         };
-        cloakroom::session::CookieCodec::new(&session, SECRET.as_bytes())
+        cloakroom::session::CookieCodec::new(&session, &[SECRET.as_bytes()])
     };
     let token = codec(COOKIE)
         .open(&cookie)

@@ -19,8 +19,8 @@ pub(super) async fn readyz(state: &AppState) -> Response<ResponseBody> {
     }
     let runtime = state.runtime();
     if runtime.config.routes.iter().any(|r| r.session) {
-        match tokio::time::timeout(STORE_DEADLINE, state.store.count()).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(STORE_DEADLINE, state.store.ping()).await {
+            Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 let _ = writeln!(reasons, "session store unreachable: {error}");
             }

@@ -16,7 +16,8 @@ use super::{json, STORE_DEADLINE};
 use crate::inject::percent_decode;
 use crate::metrics::StoreOp;
 use crate::proxy::ResponseBody;
-use crate::session::{now_ms, PublicId, SessionInfo, StoreError};
+use crate::session::store::SessionInfo;
+use crate::session::{now_ms, PublicId, StoreError};
 use crate::state::AppState;
 
 /// Runs an admin store call under the deadline; `Err` is the response to send.
@@ -46,6 +47,7 @@ fn store_error(error: &StoreError) -> Response<ResponseBody> {
     let status = match error {
         StoreError::Timeout | StoreError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
         StoreError::Full => StatusCode::INSUFFICIENT_STORAGE,
+        StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
     };
     json(status, &json!({ "error": error.to_string() }))
 }

@@ -41,6 +41,9 @@ pub struct Config {
     /// The text `source` held when this was loaded, for [`Config::error_at`]. Its `Debug`
     /// is redacted: the text may hold secrets.
     pub(crate) text: locate::SourceText,
+    /// Settings that are legal but probably not meant: `check` prints them, the proxy
+    /// logs them at start and reload.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `[listen]`
@@ -145,6 +148,9 @@ pub enum StoreKind {
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+    /// Deadline of one store operation (default 250 ms); past it a session route
+    /// answers 503.
+    pub timeout: Duration,
 }
 
 /// A secret value whose `Debug` never shows it.
@@ -174,6 +180,26 @@ pub struct SessionConfig {
     pub secret: Option<Secret>,
     /// Bound of the memory store. Default 1_000_000.
     pub max_sessions: usize,
+    /// Older secrets still accepted for existing cookies (rotation); new cookies use
+    /// `secret`.
+    pub previous_secrets: Vec<Secret>,
+    /// Memory store: the snapshot file (`None` = off).
+    pub persist: Option<PathBuf>,
+    /// Memory store: how often the snapshot is written (and always at shutdown).
+    pub persist_interval: Duration,
+    /// A session's use is recorded (and a sealed cookie re-issued) at most this often.
+    pub touch_interval: Duration,
+}
+
+impl SessionConfig {
+    /// Deadline of one store operation.
+    pub fn store_timeout(&self) -> Duration {
+        match &self.store {
+            StoreKind::Redis(redis) => redis.timeout,
+            // In-process stores answer at once; the bound only guards against a bug.
+            StoreKind::Memory | StoreKind::Cookie => Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[inject]`: the request headers the upstream receives. `None` = not sent.

@@ -219,6 +219,15 @@ pub(super) struct RawSession {
     pub(super) max_sessions: u64,
     #[serde(default)]
     pub(super) redis: RawRedis,
+    #[serde(default)]
+    pub(super) previous_secrets: Vec<String>,
+    /// `""` = off.
+    #[serde(default)]
+    pub(super) persist: String,
+    #[serde(default = "default_persist_interval")]
+    pub(super) persist_interval: String,
+    /// Absent = 10 % of `idle_timeout`.
+    pub(super) touch_interval: Option<String>,
 }
 
 impl Default for RawSession {
@@ -234,6 +243,10 @@ impl Default for RawSession {
             secret: None,
             max_sessions: default_max_sessions(),
             redis: RawRedis::default(),
+            previous_secrets: Vec::new(),
+            persist: String::new(),
+            persist_interval: default_persist_interval(),
+            touch_interval: None,
         }
     }
 }
@@ -258,6 +271,10 @@ fn default_absolute_timeout() -> String {
     "12h".to_owned()
 }
 
+fn default_persist_interval() -> String {
+    "30s".to_owned()
+}
+
 fn default_store() -> RawStore {
     RawStore::Memory
 }
@@ -274,6 +291,8 @@ pub(super) struct RawRedis {
     pub(super) url: String,
     #[serde(default = "default_redis_prefix")]
     pub(super) prefix: String,
+    #[serde(default = "default_redis_timeout")]
+    pub(super) timeout: String,
 }
 
 impl Default for RawRedis {
@@ -281,6 +300,7 @@ impl Default for RawRedis {
         RawRedis {
             url: default_redis_url(),
             prefix: default_redis_prefix(),
+            timeout: default_redis_timeout(),
         }
     }
 }
@@ -291,6 +311,10 @@ fn default_redis_url() -> String {
 
 fn default_redis_prefix() -> String {
     "cloakroom:".to_owned()
+}
+
+fn default_redis_timeout() -> String {
+    "250ms".to_owned()
 }
 
 /// `[inject]`; `""` turns a header off.

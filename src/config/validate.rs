@@ -12,6 +12,7 @@
 mod admin;
 mod checks;
 mod routing;
+mod session;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -21,21 +22,15 @@ use http::HeaderName;
 
 use super::interpolate::interpolate;
 use super::locate::{key_segment, serde_error, syntax_error, Locator, SourceText};
-use super::raw::{
-    RawConfig, RawControl, RawInject, RawLimits, RawListen, RawRedis, RawSameSite, RawSession,
-    RawStore, RawTimeouts, RawTls,
-};
+use super::raw::{RawConfig, RawControl, RawInject, RawLimits, RawListen, RawTimeouts, RawTls};
 use super::{
     CertPaths, Config, ConfigError, ConfigErrors, ControlConfig, InjectConfig, LimitsConfig,
-    ListenConfig, LogConfig, RedisConfig, SameSite, Secret, SessionConfig, SniConfig, StoreKind,
-    TimeoutsConfig, TlsConfig,
+    ListenConfig, LogConfig, SniConfig, TimeoutsConfig, TlsConfig,
 };
-use checks::{cookie_name, header_name, parse_duration, sni_hostname};
+use checks::{header_name, parse_duration, sni_hostname};
 
 /// Smallest `max_header_bytes`: hyper's HTTP/1 read buffer cannot be set lower.
 const MIN_HEADER_BYTES: u64 = 8192;
-/// Smallest `session.secret`, in bytes (256 bits).
-const MIN_SECRET_BYTES: usize = 32;
 
 /// Reads `path` and parses it with the process environment.
 pub(super) fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -77,10 +72,14 @@ pub(super) fn parse(
         locator: &locator,
         base,
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = v.config(raw, text);
     match config {
-        Some(config) if v.errors.is_empty() => Ok(config),
+        Some(mut config) if v.errors.is_empty() => {
+            config.warnings = v.warnings;
+            Ok(config)
+        }
         _ => {
             if v.errors.is_empty() {
                 v.error("", "the configuration is invalid");
@@ -98,12 +97,20 @@ struct Validator<'a> {
     /// Folder that relative paths resolve against.
     base: PathBuf,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn error(&mut self, key: &str, message: impl Into<String>) {
         let position = self.locator.position(key);
         self.errors
+            .push(ConfigError::new(self.file, key, message).at(position));
+    }
+
+    /// Records a setting that is legal but probably not meant.
+    fn warn(&mut self, key: &str, message: impl Into<String>) {
+        let position = self.locator.position(key);
+        self.warnings
             .push(ConfigError::new(self.file, key, message).at(position));
     }
 
@@ -144,6 +151,7 @@ impl Validator<'_> {
                 .map(|(_, upstream)| upstream)
                 .collect::<Option<Vec<_>>>()?,
             routes: routes?,
+            warnings: Vec::new(),
         })
     }
 
@@ -327,123 +335,6 @@ impl Validator<'_> {
             max_body_bytes: raw.max_body_bytes,
             max_connections: max_connections?,
         })
-    }
-
-    fn session(&mut self, raw: RawSession) -> Option<SessionConfig> {
-        let cookie = self.check("session.cookie", cookie_name(&raw.cookie));
-        let lower = raw.cookie.to_ascii_lowercase();
-        for prefix in ["__Host-", "__Secure-"] {
-            if lower.starts_with(&prefix.to_ascii_lowercase()) && !raw.secure {
-                self.error(
-                    "session.secure",
-                    format!(
-                        "a \"{prefix}\" cookie is only accepted by browsers with Secure; \
-                         set secure = true, or rename the cookie without the \"{prefix}\" prefix"
-                    ),
-                );
-            }
-        }
-        let same_site = match raw.same_site {
-            RawSameSite::Strict => SameSite::Strict,
-            RawSameSite::Lax => SameSite::Lax,
-            RawSameSite::None => SameSite::None,
-        };
-        if same_site == SameSite::None && !raw.secure {
-            self.error(
-                "session.same_site",
-                "same_site = \"none\" needs secure = true (browsers drop SameSite=None cookies \
-                 without Secure); set secure = true or use same_site = \"lax\"",
-            );
-        }
-        let idle = self.duration("session.idle_timeout", &raw.idle_timeout);
-        let absolute = self.duration("session.absolute_timeout", &raw.absolute_timeout);
-        if let (Some(idle), Some(absolute)) = (idle, absolute) {
-            if idle > absolute {
-                self.error(
-                    "session.idle_timeout",
-                    format!(
-                        "idle_timeout ({}) is longer than absolute_timeout ({}); \
-                         lower idle_timeout or raise absolute_timeout",
-                        humantime::format_duration(idle),
-                        humantime::format_duration(absolute)
-                    ),
-                );
-            }
-        }
-        let raw_secret_len = raw.secret.as_ref().map(String::len);
-        let secret = match raw.secret {
-            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
-                self.error(
-                    "session.secret",
-                    format!(
-                        "the secret is {} bytes; use at least {MIN_SECRET_BYTES} random bytes \
-                         (e.g. the output of `openssl rand -base64 48`)",
-                        secret.len()
-                    ),
-                );
-                None
-            }
-            Some(secret) => Some(Secret(secret.into_bytes())),
-            None => None,
-        };
-        let store = match raw.store {
-            RawStore::Memory => StoreKind::Memory,
-            RawStore::Redis => StoreKind::Redis(self.redis(&raw.redis)),
-            RawStore::Cookie => StoreKind::Cookie,
-        };
-        let needs_secret = match store {
-            StoreKind::Redis(_) => {
-                Some("store = \"redis\" needs a secret shared by every proxy instance")
-            }
-            StoreKind::Cookie => {
-                Some("store = \"cookie\" needs a secret to seal sessions into the cookie")
-            }
-            StoreKind::Memory => None,
-        };
-        // A secret that was given but too short has been reported already.
-        if let (Some(why), None, None) = (needs_secret, &secret, &raw_secret_len) {
-            self.error(
-                "session.secret",
-                format!(
-                    "{why}; set secret = \"${{CLOAKROOM_SECRET}}\" and export at least \
-                     {MIN_SECRET_BYTES} random bytes in CLOAKROOM_SECRET"
-                ),
-            );
-        }
-        let max_sessions = match usize::try_from(raw.max_sessions) {
-            Ok(0) => Err("must be at least 1; it bounds the memory store".to_owned()),
-            Ok(n) => Ok(n),
-            Err(_) => Err("too large".to_owned()),
-        };
-        let max_sessions = self.check("session.max_sessions", max_sessions);
-        Some(SessionConfig {
-            cookie: cookie?,
-            same_site,
-            secure: raw.secure,
-            persistent: raw.persistent,
-            idle_timeout: idle?,
-            absolute_timeout: absolute?,
-            store,
-            secret,
-            max_sessions: max_sessions?,
-        })
-    }
-
-    /// Always returns the settings so the other session rules still run; a bad URL is
-    /// recorded as an error, so the config as a whole is rejected.
-    fn redis(&mut self, raw: &RawRedis) -> RedisConfig {
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-        if !schemes.iter().any(|s| raw.url.starts_with(s)) {
-            self.error(
-                "session.redis.url",
-                "must start with redis://, rediss://, redis+unix:// or unix://, \
-                 like \"redis://127.0.0.1:6379/0\"",
-            );
-        }
-        RedisConfig {
-            url: raw.url.clone(),
-            prefix: raw.prefix.clone(),
-        }
     }
 
     fn header(&mut self, key: &str, value: &str, example: &str) -> Option<HeaderName> {
@@ -907,10 +798,12 @@ csrf = false
     }
 
     #[test]
-    fn idle_longer_than_absolute_is_rejected() {
+    fn idle_longer_than_absolute_is_a_warning() {
         let f = Fixture::new();
         let text = with("[session]\nidle_timeout = \"2h\"\nabsolute_timeout = \"1h\"");
-        let e = f.error(&text, "session.idle_timeout");
+        let config = f.ok(&text);
+        let e = &config.warnings[0];
+        assert_eq!(e.key, "session.idle_timeout");
         assert!(
             e.message.contains("2h") && e.message.contains("1h"),
             "{}",
@@ -1163,8 +1056,7 @@ key = "certs/key.pem"
 
 [session]
 secure = false
-idle_timeout = "1d"
-absolute_timeout = "1h"
+idle_timeout = "0s"
 
 [upstreams.app]
 servers = ["127.0.0.1:9001"]
@@ -1185,7 +1077,7 @@ upstream = "api"
             ]
         );
         let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
-        assert_eq!(lines, [Some(2), Some(5), Some(9), Some(10), Some(17)]);
+        assert_eq!(lines, [Some(2), Some(5), Some(9), Some(10), Some(16)]);
         assert_eq!(ConfigErrors(errors).to_string().lines().count(), 5);
     }
 

@@ -7,7 +7,8 @@
 //! talks to a store only through [`SessionStore`].
 
 pub mod cookie;
-pub mod memory;
+pub mod record;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use base64::Engine as _;
 use crate::upstream::BackendId;
 
 pub use cookie::{CookieCache, CookieCodec};
-pub use memory::MemoryStore;
+pub use store::{MemoryStore, SessionInfo, SessionStore, StoreError};
 
 /// The secret part of a session: 256 bits from the OS CSPRNG. Never logged, never sent
 /// upstream.
@@ -72,6 +73,18 @@ pub struct Session {
     pub identity: Option<Arc<Identity>>,
     /// Application data set with the `set_data` control header, in insertion order.
     pub data: Option<Arc<Vec<(String, String)>>>,
+    /// Fingerprints of the client that started the session (hijack signals); `None`
+    /// when not recorded.
+    pub origin: Option<ClientOrigin>,
+}
+
+/// What a session remembers of the client that started it, as two 32-bit
+/// fingerprints (small enough to keep in every session): one of the User-Agent's
+/// product family, one of the client's network. Compared, never shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientOrigin {
+    pub agent: u32,
+    pub network: u32,
 }
 
 impl Session {
@@ -84,6 +97,7 @@ impl Session {
             pinned: None,
             identity: None,
             data: None,
+            origin: None,
         }
     }
 
@@ -103,16 +117,35 @@ impl Session {
 pub struct Expiry {
     pub idle_ms: u64,
     pub absolute_ms: u64,
+    /// A store may skip recording a session's use when its `last_seen` moved less than
+    /// this (`session.touch_interval`, default 10 % of the idle timeout): a read-mostly
+    /// session then costs one read per request, not a read and a write.
+    pub touch_ms: u64,
 }
 
 impl Expiry {
     /// From the configured durations.
-    pub fn new(idle: Duration, absolute: Duration) -> Expiry {
+    pub fn new(idle: Duration, absolute: Duration, touch: Duration) -> Expiry {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Expiry {
             idle_ms: ms(idle),
             absolute_ms: ms(absolute),
+            touch_ms: ms(touch),
         }
+    }
+
+    /// Milliseconds until a session created and last seen at these times expires
+    /// (the lesser of its idle and absolute remainders; 0 when expired). Stores with
+    /// native expiry (Redis TTLs, a row's `expires`) use it.
+    pub fn remaining(&self, created: u64, last_seen: u64, now: u64) -> u64 {
+        let idle = last_seen.saturating_add(self.idle_ms).saturating_sub(now);
+        let absolute = created.saturating_add(self.absolute_ms).saturating_sub(now);
+        idle.min(absolute)
+    }
+
+    /// Whether a use at `now` should be recorded (see [`Expiry::touch_ms`]).
+    pub fn touch_due(&self, last_seen: u64, now: u64) -> bool {
+        now.saturating_sub(last_seen) >= self.touch_ms
     }
 
     /// Whether a session created and last seen at these times (unix ms) is live at
@@ -121,85 +154,6 @@ impl Expiry {
         now.saturating_sub(last_seen) < self.idle_ms
             && now.saturating_sub(created) < self.absolute_ms
     }
-}
-
-/// What the admin API lists about a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub public_id: PublicId,
-    pub user: Option<String>,
-    pub roles: Option<String>,
-    pub created: u64,
-    pub last_seen: u64,
-}
-
-/// A session store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store did not answer within its deadline.
-    #[error("session store timed out")]
-    Timeout,
-    /// The store is full of sessions that may not be evicted.
-    #[error("session store is full")]
-    Full,
-    /// The store's backend failed (connection lost, protocol error).
-    #[error("session store backend failed: {0}")]
-    Backend(String),
-}
-
-/// Where sessions live. Every method is one round trip at most; the call site wraps
-/// each call in a timeout. Implementations enforce expiry on read.
-#[async_trait::async_trait]
-pub trait SessionStore: Send + Sync + std::fmt::Debug {
-    /// The live session for `token`, recording its use at `now` (cheaply: a store may
-    /// skip writing `last_seen` when it moved less than a second). `None` when
-    /// unknown or expired.
-    async fn load(
-        &self,
-        token: &Token,
-        now: u64,
-        expiry: Expiry,
-    ) -> Result<Option<Session>, StoreError>;
-
-    /// Stores a new session under a fresh token and returns the token.
-    async fn create(&self, session: &Session, expiry: Expiry) -> Result<Token, StoreError>;
-
-    /// Replaces the stored session (identity, data, pin) if it still exists.
-    async fn save(
-        &self,
-        token: &Token,
-        session: &Session,
-        expiry: Expiry,
-    ) -> Result<(), StoreError>;
-
-    /// Moves the session to a fresh token and stores `session` there; `old` is dead at
-    /// once. Used on login and privilege change (session fixation defence).
-    async fn regenerate(
-        &self,
-        old: &Token,
-        session: &Session,
-        expiry: Expiry,
-    ) -> Result<Token, StoreError>;
-
-    /// Removes the session; unknown tokens are fine.
-    async fn destroy(&self, token: &Token) -> Result<(), StoreError>;
-
-    /// Removes every session of `user`; returns how many.
-    async fn destroy_user(&self, user: &str) -> Result<usize, StoreError>;
-
-    /// Removes the session with this public id; returns whether one existed.
-    async fn destroy_public(&self, id: &PublicId) -> Result<bool, StoreError>;
-
-    /// The live sessions of `user`.
-    async fn list_user(
-        &self,
-        user: &str,
-        now: u64,
-        expiry: Expiry,
-    ) -> Result<Vec<SessionInfo>, StoreError>;
-
-    /// How many sessions are stored (live or not yet reaped).
-    async fn count(&self) -> Result<usize, StoreError>;
 }
 
 /// Fresh randomness from the OS CSPRNG. A failure of the OS generator is not

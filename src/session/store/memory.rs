@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{
-    random_bytes, Expiry, Identity, PublicId, Session, SessionInfo, SessionStore, StoreError, Token,
-};
+use super::{SessionInfo, SessionStore, StoreError};
+use crate::session::{random_bytes, ClientOrigin, Expiry, Identity, PublicId, Session, Token};
 use crate::upstream::BackendId;
 
 /// One stored session.
@@ -29,6 +28,7 @@ struct Entry {
     /// Updated in place on every read, without a write lock.
     last_seen: AtomicU64,
     pinned: Option<BackendId>,
+    origin: Option<ClientOrigin>,
     extra: Option<Box<Extra>>,
 }
 
@@ -52,6 +52,7 @@ impl Entry {
             created: session.created,
             last_seen: AtomicU64::new(session.last_seen),
             pinned: session.pinned,
+            origin: session.origin,
             extra,
         }
     }
@@ -68,6 +69,7 @@ impl Entry {
             pinned: self.pinned,
             identity,
             data,
+            origin: self.origin,
         }
     }
 
@@ -345,6 +347,12 @@ impl SessionStore for MemoryStore {
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.count.load(Ordering::Relaxed))
     }
+
+    async fn sweep(&self, now: u64, expiry: Expiry) -> Result<usize, StoreError> {
+        // Runs on the main runtime, not a request worker; the scan locks one shard at
+        // a time.
+        Ok(self.reap(now, expiry))
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +362,7 @@ mod tests {
     const EXPIRY: Expiry = Expiry {
         idle_ms: 1_000,
         absolute_ms: 10_000,
+        touch_ms: 0,
     };
 
     fn anon(now: u64) -> Session {

@@ -1,0 +1,132 @@
+//! Where sessions live: the [`SessionStore`] trait and its engines, one file each.
+//!
+//! Server-side stores (memory, Redis, PostgreSQL) keep a session under its secret
+//! [`Token`]; the browser's cookie carries only that token, MAC'd (see
+//! `session::cookie`). Every method is one round trip at most; the request path wraps
+//! each call in the store's timeout and turns a failure into a 503, never into an
+//! anonymous session in place of a logged-in one.
+//!
+//! Implementations enforce expiry on read (a session past its idle or absolute limit
+//! is `None`) and keep a by-user index for the admin API. `tests/store_conformance.rs`
+//! runs one suite against every engine.
+
+pub mod memory;
+pub mod sealed;
+
+use super::{Expiry, PublicId, Session, Token};
+
+pub use memory::MemoryStore;
+pub use sealed::{CookieOnly, SealError, SealedCodec};
+
+use std::sync::Arc;
+
+use crate::config::{SessionConfig, StoreKind};
+
+/// Opens the store `config` names (connecting to its server, if it has one).
+pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+    Ok(match &config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
+        StoreKind::Cookie => Arc::new(CookieOnly),
+        StoreKind::Redis(_) => {
+            return Err(StoreError::Unsupported(
+                "store = \"redis\" is not available in this build",
+            ))
+        }
+    })
+}
+
+/// What the admin API lists about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub public_id: PublicId,
+    pub user: Option<String>,
+    pub roles: Option<String>,
+    pub created: u64,
+    pub last_seen: u64,
+}
+
+/// A session store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer within its deadline.
+    #[error("session store timed out")]
+    Timeout,
+    /// The store is full of sessions that may not be evicted.
+    #[error("session store is full")]
+    Full,
+    /// The store's backend failed (connection lost, protocol error).
+    #[error("session store backend failed: {0}")]
+    Backend(String),
+    /// The store cannot do this by design (e.g. the cookie store cannot list or end
+    /// sessions it does not hold); the text says why.
+    #[error("not supported by this session store: {0}")]
+    Unsupported(&'static str),
+}
+
+/// Where sessions live. Every method is one round trip at most; the call site wraps
+/// each call in a timeout. Implementations enforce expiry on read.
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// The live session for `token`, recording its use at `now` (at most once per
+    /// `expiry.touch_ms`: a read-mostly session costs one read). `None` when unknown
+    /// or expired.
+    async fn load(
+        &self,
+        token: &Token,
+        now: u64,
+        expiry: Expiry,
+    ) -> Result<Option<Session>, StoreError>;
+
+    /// Stores a new session under a fresh token (never overwriting another: NX) and
+    /// returns the token.
+    async fn create(&self, session: &Session, expiry: Expiry) -> Result<Token, StoreError>;
+
+    /// Replaces the stored session (identity, data, pin) if it still exists (XX).
+    async fn save(
+        &self,
+        token: &Token,
+        session: &Session,
+        expiry: Expiry,
+    ) -> Result<(), StoreError>;
+
+    /// Moves the session to a fresh token and stores `session` there; `old` is dead at
+    /// once, atomically. Used on login and privilege change (session fixation defence).
+    async fn regenerate(
+        &self,
+        old: &Token,
+        session: &Session,
+        expiry: Expiry,
+    ) -> Result<Token, StoreError>;
+
+    /// Removes the session; unknown tokens are fine.
+    async fn destroy(&self, token: &Token) -> Result<(), StoreError>;
+
+    /// Removes every session of `user`; returns how many.
+    async fn destroy_user(&self, user: &str) -> Result<usize, StoreError>;
+
+    /// Removes the session with this public id; returns whether one existed.
+    async fn destroy_public(&self, id: &PublicId) -> Result<bool, StoreError>;
+
+    /// The live sessions of `user`.
+    async fn list_user(
+        &self,
+        user: &str,
+        now: u64,
+        expiry: Expiry,
+    ) -> Result<Vec<SessionInfo>, StoreError>;
+
+    /// How many sessions are stored (live or not yet reaped).
+    async fn count(&self) -> Result<usize, StoreError>;
+
+    /// Whether the store answers (for `/readyz`). Stores without a server are always
+    /// ready.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Background upkeep, called periodically off the request path: remove expired
+    /// sessions the engine does not expire by itself. Returns how many were removed.
+    async fn sweep(&self, _now: u64, _expiry: Expiry) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+}
