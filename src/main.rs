@@ -45,13 +45,24 @@ struct Cli {
 enum Command {
     /// Validate the configuration (and that its certificates load); exit 0 or 2.
     Check,
+    /// Ask a running proxy's admin listener for /healthz; exit 0 when it answers 200,
+    /// 1 otherwise (a container HEALTHCHECK that needs no shell or curl).
+    Health {
+        /// Probe this URL instead of the admin address of the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = init_tracing();
+    if let Some(Command::Health { url }) = &cli.command {
+        return health(&cli.config, url.as_deref());
+    }
+    let log = init_tracing(json_logs(&cli.config));
     match cli.command {
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Health { .. }) => ExitCode::from(1),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -85,16 +96,71 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() -> LogBuffer {
+/// `cloakroom health`: exit 0 when `/healthz` answers 200.
+fn health(config: &Path, url: Option<&str>) -> ExitCode {
+    let url = match url {
+        Some(url) => url.to_string(),
+        None => match Config::load(config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| cloakroom::admin::probe::healthz_url(&c).map_err(|e| e.to_string()))
+        {
+            Ok(url) => url,
+            Err(error) => {
+                eprintln!("cloakroom health: {error}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match cloakroom::admin::probe::probe(&url) {
+        Ok(()) => {
+            println!("{url}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cloakroom health: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Whether the config file asks for `[log] format = "json"`. Read before logging
+/// starts, so even the first line has the right format; an unreadable file logs as
+/// text (and the loader reports why).
+fn json_logs(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    value
+        .get("log")
+        .and_then(|l| l.get("format"))
+        .and_then(|f| f.as_str())
+        == Some("json")
+}
+
+fn init_tracing(json: bool) -> LogBuffer {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let log = LogBuffer::default();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(log.clone())
-        .init();
+        .with_writer(log.clone());
+    if json {
+        // One object per line: timestamp, level, target, and every field at the top.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     log
 }
 

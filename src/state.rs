@@ -61,6 +61,8 @@ pub struct AppState {
     pub(crate) request_ids: crate::proxy::RequestIds,
     /// Held while a reload runs: SIGHUP and `POST /reload` never interleave.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Whether request metrics are counted: the proxy started with an admin listener.
+    count_metrics: bool,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -83,7 +85,14 @@ impl AppState {
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
         let metrics = Arc::new(Metrics::new());
-        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret, &metrics);
+        let count_metrics = config.listen.admin.is_some();
+        let runtime = build_runtime(
+            &backends,
+            Arc::new(config),
+            1,
+            &fallback_secret,
+            count_metrics.then_some(&metrics),
+        );
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
@@ -94,6 +103,7 @@ impl AppState {
             metrics,
             request_ids: crate::proxy::RequestIds::new(),
             reload_lock: tokio::sync::Mutex::new(()),
+            count_metrics,
         }))
     }
 
@@ -120,7 +130,7 @@ impl AppState {
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
-            &self.metrics,
+            self.count_metrics.then_some(&self.metrics),
         );
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
@@ -170,7 +180,7 @@ fn build_runtime(
     config: Arc<Config>,
     generation: u64,
     fallback_secret: &[u8; 32],
-    metrics: &Arc<Metrics>,
+    metrics: Option<&Arc<Metrics>>,
 ) -> Runtime {
     let current = config
         .session
@@ -193,11 +203,7 @@ fn build_runtime(
             config.session.touch_interval,
         ),
         inject: InjectRules::new(&config.inject, &config.control),
-        metrics: config
-            .listen
-            .admin
-            .is_some()
-            .then(|| RequestMetrics::new(metrics, &config)),
+        metrics: metrics.map(|m| RequestMetrics::new(m, &config)),
         route_names: config
             .routes
             .iter()

@@ -7,6 +7,7 @@
 //! `Authorization` value are never logged. Answers are small and never cached.
 
 mod health;
+pub mod probe;
 mod reload;
 mod sessions;
 

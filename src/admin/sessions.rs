@@ -52,19 +52,21 @@ fn store_error(error: &StoreError) -> Response<ResponseBody> {
     json(status, &json!({ "error": error.to_string() }))
 }
 
-/// The `user` query parameter, percent-decoded.
-fn user_param(query: &str) -> Result<String, Response<ResponseBody>> {
+/// The `user` query parameter, percent-decoded; `None` when missing or empty.
+fn user_param(query: &str) -> Option<String> {
     query
         .split('&')
         .find_map(|pair| pair.strip_prefix("user="))
         .and_then(|raw| percent_decode(&raw.replace('+', " ")))
         .filter(|user| !user.is_empty())
-        .ok_or_else(|| {
-            json(
-                StatusCode::BAD_REQUEST,
-                &json!({ "error": "name the user: ?user=NAME" }),
-            )
-        })
+}
+
+/// The answer when `?user=` is missing.
+fn missing_user() -> Response<ResponseBody> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &json!({ "error": "name the user: ?user=NAME" }),
+    )
 }
 
 fn describe(info: &SessionInfo) -> serde_json::Value {
@@ -83,9 +85,8 @@ fn describe(info: &SessionInfo) -> serde_json::Value {
 
 /// `GET /sessions?user=NAME`.
 pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody> {
-    let user = match user_param(query) {
-        Ok(user) => user,
-        Err(response) => return response,
+    let Some(user) = user_param(query) else {
+        return missing_user();
     };
     let expiry = state.runtime().expiry;
     match call(state, state.store.list_user(&user, now_ms(), expiry)).await {
@@ -99,9 +100,8 @@ pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody
 
 /// `DELETE /sessions?user=NAME`: log the user out everywhere.
 pub(super) async fn end_user(state: &AppState, query: &str) -> Response<ResponseBody> {
-    let user = match user_param(query) {
-        Ok(user) => user,
-        Err(response) => return response,
+    let Some(user) = user_param(query) else {
+        return missing_user();
     };
     match call(state, state.store.destroy_user(&user)).await {
         Ok(ended) => {
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(user_param("user=alice").unwrap(), "alice");
         assert_eq!(user_param("x=1&user=a%40b.c").unwrap(), "a@b.c");
         assert_eq!(user_param("user=ann+lee").unwrap(), "ann lee");
-        assert!(user_param("").is_err());
-        assert!(user_param("user=").is_err());
+        assert!(user_param("").is_none());
+        assert!(user_param("user=").is_none());
     }
 }
