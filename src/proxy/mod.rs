@@ -105,7 +105,8 @@ pub(crate) async fn serve(
         }
     }
     if let (Some(method), Some(uri)) = (method, uri) {
-        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+        // Milliseconds to the microsecond, as numbers (JSON logs keep them numeric).
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;
         tracing::info!(
             target: "cloakroom::access",
             request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
@@ -119,8 +120,8 @@ pub(crate) async fn serve(
             user = log.identity.as_ref().and_then(|i| i.user.as_deref()).unwrap_or("-"),
             status,
             bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
-            elapsed_ms = %format_args!("{:.3}", ms(started.elapsed())),
-            upstream_ms = %format_args!("{:.3}", log.upstream_elapsed.map_or(0.0, ms)),
+            elapsed_ms = ms(started.elapsed()),
+            upstream_ms = log.upstream_elapsed.map_or(0.0, ms),
         );
     }
     Ok(response)
