@@ -52,6 +52,13 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Run only the two built-in demo apps, on these addresses (for compose.yaml,
+    /// where the apps live in their own container).
+    DemoApps {
+        /// Addresses to serve, e.g. 0.0.0.0:9001 0.0.0.0:9002.
+        #[arg(required = true)]
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Health { .. }) => ExitCode::from(1),
+        Some(Command::DemoApps { addrs }) => demo_apps(addrs),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -94,6 +102,43 @@ fn main() -> ExitCode {
             code
         }
     }
+}
+
+/// `cloakroom demo-apps ADDR...`: the demo apps alone, until SIGTERM/SIGINT.
+fn demo_apps(addrs: Vec<SocketAddr>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cloakroom: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("cloakroom: cannot install signal handlers");
+            return ExitCode::from(1);
+        };
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        eprintln!("cloakroom: demo apps on {addrs:?}");
+        match cloakroom::demo::serve(addrs, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cloakroom: demo apps: {error}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 /// `cloakroom health`: exit 0 when `/healthz` answers 200.
