@@ -14,6 +14,7 @@ pub mod demo;
 pub mod health;
 pub mod inject;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod router;
@@ -141,7 +142,7 @@ pub async fn run(
     let state = AppState::new(config, certs, opened.store)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
-    let open = Arc::new(AtomicUsize::new(0));
+    let open = state.metrics.open_connections.clone();
     let https_port = listeners
         .https
         .local_addr()
@@ -192,14 +193,7 @@ pub async fn run(
     while let Some(command) = commands.0.recv().await {
         match command {
             Command::Reload(reply) => {
-                let result = state.reload().await;
-                match &result {
-                    Ok(generation) => tracing::info!(generation, "configuration reloaded"),
-                    Err(error) => tracing::warn!(
-                        "reload refused, keeping the running configuration:\n{error}"
-                    ),
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(reload_now(&state).await);
             }
             Command::Shutdown => break,
         }
@@ -239,6 +233,19 @@ pub async fn run(
     Ok(())
 }
 
+/// Reloads the configuration (SIGHUP, `Handle::reload` and `POST /reload` all come
+/// here), one reload at a time; logs and counts the result.
+pub(crate) async fn reload_now(state: &AppState) -> Result<u64, ReloadError> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let result = state.reload().await;
+    state.metrics.reloaded(result.is_ok());
+    match &result {
+        Ok(generation) => tracing::info!(generation, "configuration reloaded"),
+        Err(error) => tracing::warn!("reload refused, keeping the running configuration:\n{error}"),
+    }
+    result
+}
+
 /// Waits until no client connection is open, or `within` passed; true when none is.
 async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> bool {
     let deadline = tokio::time::Instant::now() + within;
@@ -266,7 +273,10 @@ async fn sweep_sessions(state: Arc<AppState>) {
         let expiry = state.runtime().expiry;
         match state.store.sweep(session::now_ms(), expiry).await {
             Ok(0) => {}
-            Ok(removed) => tracing::debug!(removed, "expired sessions removed"),
+            Ok(removed) => {
+                state.metrics.session_ended("expired", removed as u64);
+                tracing::debug!(removed, "expired sessions removed");
+            }
             Err(error) => tracing::warn!(%error, "session sweep failed"),
         }
     }

@@ -359,10 +359,12 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
+            state.metrics.tls_handshake_failures.inc();
             return;
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
+            state.metrics.tls_handshake_failures.inc();
             return;
         }
     };
@@ -379,6 +381,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         sni,
         activity: activity.clone(),
         cookies: crate::session::CookieCache::default(),
+        conn_no: state.request_ids.next_connection(),
+        requests: std::sync::atomic::AtomicU64::new(0),
     });
     let io = DeadlineIo::new(
         stream,

@@ -47,14 +47,33 @@ enum Command {
     Check,
     /// Print a fresh random `session.secret` (48 bytes from the OS CSPRNG, base64url).
     Secret,
+    /// Ask a running proxy's admin listener for /healthz; exit 0 when it answers 200,
+    /// 1 otherwise (a container HEALTHCHECK that needs no shell or curl).
+    Health {
+        /// Probe this URL instead of the admin address of the configuration.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Run only the two built-in demo apps, on these addresses (for compose.yaml,
+    /// where the apps live in their own container).
+    DemoApps {
+        /// Addresses to serve, e.g. 0.0.0.0:9001 0.0.0.0:9002.
+        #[arg(required = true)]
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = init_tracing();
+    if let Some(Command::Health { url }) = &cli.command {
+        return health(&cli.config, url.as_deref());
+    }
+    let log = init_tracing(json_logs(&cli.config));
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Secret) => secret(),
+        Some(Command::Health { .. }) => ExitCode::from(1),
+        Some(Command::DemoApps { addrs }) => demo_apps(addrs),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -106,16 +125,108 @@ fn secret() -> ExitCode {
     }
 }
 
-fn init_tracing() -> LogBuffer {
+/// `cloakroom demo-apps ADDR...`: the demo apps alone, until SIGTERM/SIGINT.
+fn demo_apps(addrs: Vec<SocketAddr>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cloakroom: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            eprintln!("cloakroom: cannot install signal handlers");
+            return ExitCode::from(1);
+        };
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        eprintln!("cloakroom: demo apps on {addrs:?}");
+        match cloakroom::demo::serve(addrs, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cloakroom: demo apps: {error}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// `cloakroom health`: exit 0 when `/healthz` answers 200.
+fn health(config: &Path, url: Option<&str>) -> ExitCode {
+    let url = match url {
+        Some(url) => url.to_string(),
+        None => match Config::load(config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| cloakroom::admin::probe::healthz_url(&c).map_err(|e| e.to_string()))
+        {
+            Ok(url) => url,
+            Err(error) => {
+                eprintln!("cloakroom health: {error}");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    match cloakroom::admin::probe::probe(&url) {
+        Ok(()) => {
+            println!("{url}: ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cloakroom health: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Whether the config file asks for `[log] format = "json"`. Read before logging
+/// starts, so even the first line has the right format; an unreadable file logs as
+/// text (and the loader reports why).
+fn json_logs(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(value) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    value
+        .get("log")
+        .and_then(|l| l.get("format"))
+        .and_then(|f| f.as_str())
+        == Some("json")
+}
+
+fn init_tracing(json: bool) -> LogBuffer {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let log = LogBuffer::default();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(log.clone())
-        .init();
+        .with_writer(log.clone());
+    if json {
+        // One object per line: timestamp, level, target, and every field at the top.
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     log
 }
 

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
+use crate::metrics::{route_label, Metrics, RequestMetrics};
 use crate::router::Router;
 use crate::session::store::SealedCodec;
 use crate::session::{CookieCodec, Expiry, SessionStore};
@@ -34,6 +35,10 @@ pub struct Runtime {
     pub(crate) sealed: Option<SealedCodec>,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
+    /// Pre-resolved metric handles; `None` without an admin listener (nothing reads them).
+    pub(crate) metrics: Option<RequestMetrics>,
+    /// Each route as logs and metrics name it (`host/path`), indexed like `config.routes`.
+    pub(crate) route_names: Vec<Arc<str>>,
 }
 
 /// State shared by every connection of the process.
@@ -50,6 +55,14 @@ pub struct AppState {
     /// Raised when shutdown begins: accept loops stop, connections finish gracefully,
     /// background tasks end, `/readyz` fails.
     pub(crate) stop: Arc<Signal>,
+    /// Every metric of the process; kept across reloads.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Numbers connections for `X-Request-Id`.
+    pub(crate) request_ids: crate::proxy::RequestIds,
+    /// Held while a reload runs: SIGHUP and `POST /reload` never interleave.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Whether request metrics are counted: the proxy started with an admin listener.
+    count_metrics: bool,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -71,7 +84,15 @@ impl AppState {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
-        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
+        let metrics = Arc::new(Metrics::new());
+        let count_metrics = config.listen.admin.is_some();
+        let runtime = build_runtime(
+            &backends,
+            Arc::new(config),
+            1,
+            &fallback_secret,
+            count_metrics.then_some(&metrics),
+        );
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
@@ -79,6 +100,10 @@ impl AppState {
             store,
             fallback_secret,
             stop: Arc::default(),
+            metrics,
+            request_ids: crate::proxy::RequestIds::new(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            count_metrics,
         }))
     }
 
@@ -105,6 +130,7 @@ impl AppState {
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
+            self.count_metrics.then_some(&self.metrics),
         );
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
@@ -154,6 +180,7 @@ fn build_runtime(
     config: Arc<Config>,
     generation: u64,
     fallback_secret: &[u8; 32],
+    metrics: Option<&Arc<Metrics>>,
 ) -> Runtime {
     let current = config
         .session
@@ -176,6 +203,12 @@ fn build_runtime(
             config.session.touch_interval,
         ),
         inject: InjectRules::new(&config.inject, &config.control),
+        metrics: metrics.map(|m| RequestMetrics::new(m, &config)),
+        route_names: config
+            .routes
+            .iter()
+            .map(|r| route_label(r).into())
+            .collect(),
         config,
     }
 }
@@ -194,6 +227,9 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     }
     if old.session.max_sessions != new.session.max_sessions {
         changed.push("session.max_sessions");
+    }
+    if old.log.format != new.log.format {
+        changed.push("log.format");
     }
     if old.listen.workers != new.listen.workers {
         changed.push("listen.workers");

@@ -59,6 +59,9 @@ pub struct ListenConfig {
     /// Threads that accept and serve https connections, each with its own event loop
     /// (`workers`; 0 = one per core). A connection stays on the thread that accepted it.
     pub workers: usize,
+    /// `admin_token`: the admin paths (all but `/healthz`, `/readyz`) need
+    /// `Authorization: Bearer <token>`. Required when `admin` is not on loopback.
+    pub admin_token: Option<Secret>,
 }
 
 impl ListenConfig {
@@ -223,6 +226,17 @@ pub struct ControlConfig {
 pub struct LogConfig {
     /// One info line per request (`access`, default true).
     pub access: bool,
+    /// `format`: how every log line is written (takes effect at start).
+    pub format: LogFormat,
+}
+
+/// `[log] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `balance`

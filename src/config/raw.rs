@@ -53,6 +53,9 @@ pub(super) struct RawListen {
     /// Threads serving https connections; 0 = one per core.
     #[serde(default)]
     pub(super) workers: i64,
+    /// Bearer token the admin paths require ("" or absent = none).
+    #[serde(default)]
+    pub(super) admin_token: String,
 }
 
 impl Default for RawListen {
@@ -63,6 +66,7 @@ impl Default for RawListen {
             admin: None,
             trusted_proxies: Vec::new(),
             workers: 0,
+            admin_token: String::new(),
         }
     }
 }
@@ -404,12 +408,29 @@ fn default_logout() -> String {
 pub(super) struct RawLog {
     #[serde(default = "default_true")]
     pub(super) access: bool,
+    #[serde(default = "default_log_format")]
+    pub(super) format: RawLogFormat,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        RawLog { access: true }
+        RawLog {
+            access: true,
+            format: default_log_format(),
+        }
     }
+}
+
+/// `[log] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawLogFormat {
+    Text,
+    Json,
+}
+
+fn default_log_format() -> RawLogFormat {
+    RawLogFormat::Text
 }
 
 /// `balance`

@@ -9,6 +9,7 @@
 //! certificate/key files are checked to exist and be readable (not parsed: that is the
 //! TLS module's job). Nothing else touches the outside world.
 
+mod admin;
 mod checks;
 mod routing;
 mod session;
@@ -143,6 +144,7 @@ impl Validator<'_> {
             control: control?,
             log: LogConfig {
                 access: raw.log.access,
+                format: admin::log_format(raw.log.format),
             },
             upstreams: upstreams
                 .into_iter()
@@ -240,12 +242,14 @@ impl Validator<'_> {
                 0
             }
         };
+        let admin_token = self.admin_token(admin, &raw.admin_token);
         (trusted_proxies.len() == raw.trusted_proxies.len()).then_some(ListenConfig {
             https,
             http,
             admin,
             trusted_proxies,
             workers,
+            admin_token,
         })
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod body;
 mod error;
 pub(crate) mod headers;
 mod pipeline;
+mod request_id;
 mod session;
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 
 pub use body::{RequestBody, ResponseBody};
 pub use error::{Blame, ProxyError};
+pub(crate) use request_id::RequestIds;
 
 use crate::listener::Activity;
 use crate::state::AppState;
@@ -35,6 +37,10 @@ pub(crate) struct ConnCtx {
     pub(crate) activity: Arc<Activity>,
     /// The session cookie this connection last presented, already verified.
     pub(crate) cookies: crate::session::CookieCache,
+    /// This connection's number, for generated request ids.
+    pub(crate) conn_no: u64,
+    /// Requests served on this connection so far, for generated request ids.
+    pub(crate) requests: std::sync::atomic::AtomicU64,
 }
 
 /// Serves one request; never fails.
@@ -56,6 +62,16 @@ pub(crate) async fn serve(
         .then(|| request.headers().get(http::header::HOST).cloned())
         .flatten();
     let mut log = pipeline::Outcome::default();
+    let trusted = runtime
+        .config
+        .listen
+        .trusted_proxies
+        .contains(&conn.peer.ip());
+    let request_id =
+        state
+            .request_ids
+            .for_request(request.headers(), trusted, conn.conn_no, &conn.requests);
+    log.request_id = Some(request_id.clone());
     let mut response = match pipeline::run(&state, &runtime, &conn, request, &mut log).await {
         Ok(response) => response,
         Err(error) => {
@@ -69,6 +85,7 @@ pub(crate) async fn serve(
                 ),
                 Blame::Proxy => tracing::error!(%error, "internal error"),
             }
+            log.refused = log.refused.or(refusal(&error));
             error.to_response()
         }
     };
@@ -77,21 +94,55 @@ pub(crate) async fn serve(
             .headers_mut()
             .append(http::header::SET_COOKIE, cookie);
     }
+    response
+        .headers_mut()
+        .insert(&request_id::X_REQUEST_ID, request_id);
+    let status = response.status().as_u16();
+    if let Some(metrics) = &runtime.metrics {
+        metrics.answered(log.route, status, started.elapsed());
+        if let Some(reason) = log.refused {
+            metrics.all().refuse(reason);
+        }
+    }
     if let (Some(method), Some(uri)) = (method, uri) {
+        // Milliseconds to the microsecond, as numbers (JSON logs keep them numeric).
+        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;
         tracing::info!(
             target: "cloakroom::access",
+            request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             peer = %conn.peer.ip(),
             %method,
             host = host.as_ref().and_then(|h| h.to_str().ok()).or(uri.host()).unwrap_or("-"),
             path = uri.path(),
-            route = log.route,
+            route = log.route.and_then(|i| runtime.route_names.get(i)).map_or("-", |r| &**r),
             backend = log.backend.as_deref().unwrap_or("-"),
             session = log.session.map(|id| id.encode()).as_deref().unwrap_or("-"),
-            status = response.status().as_u16(),
-            elapsed_ms = %format_args!("{:.3}", started.elapsed().as_secs_f64() * 1000.0),
+            user = log.identity.as_ref().and_then(|i| i.user.as_deref()).unwrap_or("-"),
+            status,
+            bytes_out = http_body::Body::size_hint(response.body()).exact().unwrap_or(0),
+            elapsed_ms = ms(started.elapsed()),
+            upstream_ms = log.upstream_elapsed.map_or(0.0, ms),
         );
     }
     Ok(response)
+}
+
+/// The `reason` of `cloakroom_refused_total` for a request the proxy answered itself;
+/// `None` when the failure was upstream's, the store's or ours.
+fn refusal(error: &ProxyError) -> Option<&'static str> {
+    match error {
+        ProxyError::BadRequest(_) => Some("bad_request"),
+        ProxyError::Misdirected => Some("misdirected"),
+        ProxyError::NoRoute => Some("no_route"),
+        ProxyError::BodyTooLarge { .. } => Some("body_too_large"),
+        ProxyError::HeadersTooLarge { .. } => Some("headers_too_large"),
+        ProxyError::CrossSite => Some("csrf"),
+        ProxyError::NoHealthyUpstream { .. }
+        | ProxyError::PinnedDown { .. }
+        | ProxyError::Store(_)
+        | ProxyError::Upstream(_)
+        | ProxyError::Internal(_) => None,
+    }
 }
 
 /// An error and its causes, `a: b: c`.

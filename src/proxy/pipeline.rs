@@ -34,6 +34,16 @@ pub(crate) struct Outcome {
     pub(crate) backend: Option<Arc<str>>,
     pub(crate) session: Option<PublicId>,
     pub(crate) set_cookie: Option<HeaderValue>,
+    /// `X-Request-Id` of this request (sent upstream, returned, logged).
+    pub(crate) request_id: Option<HeaderValue>,
+    /// The session's identity when the request arrived (for the access log).
+    pub(crate) identity: Option<Arc<crate::session::Identity>>,
+    /// Time from sending upstream to its response head (retries included).
+    pub(crate) upstream_elapsed: Option<std::time::Duration>,
+    /// The session moved to another server on this request.
+    pub(crate) repinned: bool,
+    /// Why the proxy answered itself instead of the upstream (`require_user`, ...).
+    pub(crate) refused: Option<&'static str>,
 }
 
 /// Our own endpoints on the https listener.
@@ -82,7 +92,9 @@ pub(crate) async fn run(
         }
         let ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
         log.session = Some(ctx.session.public_id);
+        log.identity.clone_from(&ctx.session.identity);
         if let Some(response) = session::require_user(route, &ctx, &request) {
+            log.refused = Some("require_user");
             return Ok(response);
         }
         Some(ctx)
@@ -100,6 +112,7 @@ pub(crate) async fn run(
         ctx.as_ref().map(|c| &c.session),
         tunnel,
         &exceeded,
+        log.request_id.as_ref(),
     )?;
     let deadlines = Deadlines {
         connect: rt.config.timeouts.connect,
@@ -107,7 +120,18 @@ pub(crate) async fn run(
         pool_idle: rt.config.timeouts.upstream_idle,
     };
     let mut ctx = ctx;
+    let sent_at = std::time::Instant::now();
     let sent = send(pool, ctx.as_mut(), upstream_request, deadlines, tunnel, log).await;
+    let upstream_elapsed = sent_at.elapsed();
+    log.upstream_elapsed = Some(upstream_elapsed);
+    if let Some(metrics) = &rt.metrics {
+        if sent.is_ok() {
+            metrics.upstream_answered(route.upstream, upstream_elapsed);
+        }
+        if log.repinned {
+            metrics.repinned(route.upstream);
+        }
+    }
     let response = match sent {
         Ok(response) => response,
         Err(_) if exceeded.load(Ordering::Relaxed) => {
@@ -192,6 +216,7 @@ fn build_upstream_request(
     session: Option<&Session>,
     tunnel: bool,
     exceeded: &Arc<AtomicBool>,
+    request_id: Option<&HeaderValue>,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     if let Some(authority) = parts.uri.authority() {
@@ -220,6 +245,11 @@ fn build_upstream_request(
     }
     let trusted = rt.config.listen.trusted_proxies.contains(&conn.peer.ip());
     headers::set_forwarded(&mut parts.headers, &conn.peer_value, trusted);
+    if let Some(id) = request_id {
+        parts
+            .headers
+            .insert(&super::request_id::X_REQUEST_ID, id.clone());
+    }
     let body = RequestBody::limited(body, rt.config.limits.max_body_bytes, exceeded.clone());
     Ok(Request::from_parts(parts, body))
 }
@@ -288,6 +318,7 @@ async fn send(
         let result = client::send(&backend.state, request, deadlines, tunnel).await;
         let error = match result {
             Ok(response) => {
+                log.repinned = repinned && key.is_some();
                 if let Some(ctx) = ctx.as_deref_mut() {
                     pin(pool, ctx, backend, repinned);
                 }

@@ -22,6 +22,7 @@ use super::pipeline::Outcome;
 use super::ProxyError;
 use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::{encode_component, percent_decode, percent_encode_byte};
+use crate::metrics::StoreOp;
 use crate::session::store::{SealError, SealedCodec};
 use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
 use crate::state::{AppState, Runtime};
@@ -55,16 +56,25 @@ pub(crate) struct SessionCtx {
     pub(crate) pin_changed: bool,
 }
 
-/// Runs a store call under the store's deadline.
+/// Runs a store call under the store's deadline (timed as `op` when metrics are on).
 async fn store_call<T>(
     rt: &Runtime,
+    op: StoreOp,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ProxyError> {
-    match tokio::time::timeout(rt.config.session.store_timeout(), call).await {
+    let started = rt.metrics.is_some().then(std::time::Instant::now);
+    let result = match tokio::time::timeout(rt.config.session.store_timeout(), call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(ProxyError::Store(error)),
         Err(_) => Err(ProxyError::Store(StoreError::Timeout)),
+    };
+    if let (Some(metrics), Some(started)) = (&rt.metrics, started) {
+        metrics
+            .all()
+            .store
+            .record(op, started.elapsed(), result.is_ok());
     }
+    result
 }
 
 /// Finds the request's session, or starts a new one (stored later by [`commit`]).
@@ -90,7 +100,9 @@ pub(crate) async fn find(
             }
         }
     } else if let Some(token) = rt.cookie.find_cached(headers, cache) {
-        if let Some(session) = store_call(rt, state.store.load(&token, now, rt.expiry)).await? {
+        if let Some(session) =
+            store_call(rt, StoreOp::Load, state.store.load(&token, now, rt.expiry)).await?
+        {
             return Ok(SessionCtx {
                 handle: Handle::Stored(token),
                 session,
@@ -197,6 +209,8 @@ pub(crate) struct Control {
     set_roles: Option<HeaderValue>,
     set_data: Vec<HeaderValue>,
     logout: bool,
+    /// `logout: everywhere`: also end every other session of the user.
+    logout_everywhere: bool,
 }
 
 /// Removes every control header and every `Set-Cookie` for our cookie from an upstream
@@ -223,7 +237,10 @@ pub(crate) fn take_control(
             control.set_data = headers.get_all(&names.set_data).iter().cloned().collect();
             headers.remove(&names.set_data);
         }
-        control.logout = headers.remove(&names.logout).is_some();
+        let logout = headers.remove(&names.logout);
+        control.logout = logout.is_some();
+        control.logout_everywhere =
+            logout.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"everywhere"));
     }
     if any_cookie {
         let ours = |v: &HeaderValue| {
@@ -266,11 +283,33 @@ pub(crate) async fn commit(
     if control.logout {
         match &handle {
             Handle::Stored(token) => {
-                store_call(rt, state.store.destroy(token)).await?;
+                store_call(rt, StoreOp::Destroy, state.store.destroy(token)).await?;
                 outcome.set_cookie = rt.cookie.expire_cookie();
+                state.metrics.session_ended("logout", 1);
             }
-            Handle::Sealed { .. } => outcome.set_cookie = rt.cookie.expire_cookie(),
+            Handle::Sealed { .. } => {
+                outcome.set_cookie = rt.cookie.expire_cookie();
+                state.metrics.session_ended("logout", 1);
+            }
             Handle::New => {}
+        }
+        if let (true, Some(user)) = (control.logout_everywhere, session.user()) {
+            // "Log out of all devices": every other session of this user ends too.
+            match store_call(rt, StoreOp::Admin, state.store.destroy_user(user)).await {
+                Ok(ended) => {
+                    state.metrics.session_ended("logout", ended as u64);
+                    tracing::info!(user, ended, "logout everywhere");
+                }
+                // The cookie store keeps no list of a user's sessions.
+                Err(ProxyError::Store(StoreError::Unsupported(why))) => {
+                    tracing::warn!(
+                        user,
+                        why,
+                        "logout everywhere is not possible with this store"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
         }
         return Ok(());
     }
@@ -308,21 +347,39 @@ pub(crate) async fn commit(
         return Ok(());
     }
     match handle {
-        Handle::New => match store_call(rt, state.store.create(&session, rt.expiry)).await {
-            Ok(token) => outcome.set_cookie = rt.cookie.set_cookie(&token),
-            // Full of sessions that may not be evicted: this request was served, its
-            // session is not kept.
-            Err(ProxyError::Store(StoreError::Full)) => {
-                tracing::warn!("session store full of logged-in sessions; new session not kept");
+        Handle::New => {
+            match store_call(rt, StoreOp::Create, state.store.create(&session, rt.expiry)).await {
+                Ok(token) => {
+                    outcome.set_cookie = rt.cookie.set_cookie(&token);
+                    state.metrics.sessions_created.inc();
+                }
+                // Full of sessions that may not be evicted: this request was served, its
+                // session is not kept.
+                Err(ProxyError::Store(StoreError::Full)) => {
+                    tracing::warn!(
+                        "session store full of logged-in sessions; new session not kept"
+                    );
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
-        },
+        }
         Handle::Stored(token) if identity_changed => {
-            let fresh = store_call(rt, state.store.regenerate(&token, &session, rt.expiry)).await?;
+            let fresh = store_call(
+                rt,
+                StoreOp::Regenerate,
+                state.store.regenerate(&token, &session, rt.expiry),
+            )
+            .await?;
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
+            state.metrics.sessions_regenerated.inc();
         }
         Handle::Stored(token) if data_changed || pin_changed => {
-            store_call(rt, state.store.save(&token, &session, rt.expiry)).await?;
+            store_call(
+                rt,
+                StoreOp::Save,
+                state.store.save(&token, &session, rt.expiry),
+            )
+            .await?;
         }
         Handle::Stored(_) | Handle::Sealed { .. } => {}
     }
@@ -425,7 +482,8 @@ pub(crate) async fn logout_endpoint<B>(
     // A sealed session has nothing on the server to destroy: expiring the cookie is all.
     if rt.sealed.is_none() {
         if let Some(token) = rt.cookie.find(request.headers()) {
-            store_call(rt, state.store.destroy(&token)).await?;
+            store_call(rt, StoreOp::Destroy, state.store.destroy(&token)).await?;
+            state.metrics.session_ended("logout", 1);
         }
     }
     outcome.set_cookie = rt.cookie.expire_cookie();

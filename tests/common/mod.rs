@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod scripted;
+pub mod session_app;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -494,6 +495,7 @@ async fn mock_handle(
 pub struct TestProxyBuilder {
     body: String,
     http_listener: bool,
+    admin_listener: bool,
 }
 
 impl TestProxyBuilder {
@@ -509,6 +511,13 @@ impl TestProxyBuilder {
         self
     }
 
+    /// Also bind the admin listener (its address goes into `[listen] admin`, so
+    /// metrics are counted).
+    pub fn admin_listener(mut self) -> Self {
+        self.admin_listener = true;
+        self
+    }
+
     /// Writes the files, loads them like the binary does, binds `127.0.0.1:0` and runs
     /// the proxy in a task.
     pub async fn start(self) -> TestProxy {
@@ -518,8 +527,22 @@ impl TestProxyBuilder {
         let leaf = pki.default_leaf("cloakroom test leaf");
         write_leaf(dir.path(), &leaf);
         let config_path = dir.path().join("proxy.toml");
-        std::fs::write(&config_path, config_text("127.0.0.1:0", &self.body))
-            .expect("write proxy.toml");
+        let (admin, admin_addr) = if self.admin_listener {
+            let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+            let addr = admin.local_addr().expect("admin addr");
+            (Some(admin), Some(addr))
+        } else {
+            (None, None)
+        };
+        let text = match admin_addr {
+            Some(addr) => config_text("127.0.0.1:0", &self.body).replacen(
+                "[listen]\n",
+                &format!("[listen]\nadmin = \"{addr}\"\n"),
+                1,
+            ),
+            None => config_text("127.0.0.1:0", &self.body),
+        };
+        std::fs::write(&config_path, text).expect("write proxy.toml");
         let (config, certs) = cloakroom::state::load_with_certs(&config_path)
             .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
 
@@ -532,16 +555,13 @@ impl TestProxyBuilder {
         } else {
             (None, None)
         };
-        let listeners = cloakroom::Listeners {
-            https,
-            http,
-            admin: None,
-        };
+        let listeners = cloakroom::Listeners { https, http, admin };
         let (handle, commands) = cloakroom::control();
         let join = tokio::spawn(cloakroom::run(config, certs, listeners, commands));
         TestProxy {
             https_addr,
             http_addr,
+            admin_addr,
             handle,
             join: Some(join),
             config_path,
@@ -556,6 +576,8 @@ impl TestProxyBuilder {
 pub struct TestProxy {
     pub https_addr: SocketAddr,
     pub http_addr: Option<SocketAddr>,
+    /// The admin listener, with [`TestProxyBuilder::admin_listener`].
+    pub admin_addr: Option<SocketAddr>,
     pub handle: cloakroom::Handle,
     pub join: Option<JoinHandle<Result<(), cloakroom::RunError>>>,
     pub config_path: PathBuf,
@@ -603,6 +625,7 @@ impl TestProxy {
         TestProxyBuilder {
             body: String::new(),
             http_listener: false,
+            admin_listener: false,
         }
     }
 
@@ -638,8 +661,23 @@ impl TestProxy {
 
     /// Rewrites `proxy.toml` with the same `[listen]`/`[tls]` and a new `body`.
     pub fn write_config(&self, body: &str) {
-        std::fs::write(&self.config_path, config_text("127.0.0.1:0", body))
-            .expect("rewrite proxy.toml");
+        let text = match self.admin_addr {
+            Some(addr) => config_text("127.0.0.1:0", body).replacen(
+                "[listen]\n",
+                &format!("[listen]\nadmin = \"{addr}\"\n"),
+                1,
+            ),
+            None => config_text("127.0.0.1:0", body),
+        };
+        std::fs::write(&self.config_path, text).expect("rewrite proxy.toml");
+    }
+
+    /// `http://ADMIN{path}`; panics without an admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let addr = self
+            .admin_addr
+            .expect("start the proxy with .admin_listener()");
+        format!("http://{addr}{path}")
     }
 
     /// Writes raw text as `proxy.toml`.

@@ -1,0 +1,163 @@
+//! The session admin API (JSON):
+//! - `GET /sessions?user=NAME`: the user's live sessions (`id` = public id, `user`,
+//!   `roles`, `created`, `last_seen` in unix milliseconds);
+//! - `DELETE /sessions?user=NAME`: log the user out everywhere (every session of theirs
+//!   in the store, so on every replica that shares it);
+//! - `DELETE /sessions/{public_id}`: end one session;
+//! - `GET /sessions/count`: sessions in the store.
+//!
+//! Every store call runs under a deadline; a store that cannot do an operation (the
+//! cookie store keeps nothing server-side) answers 501 with the reason.
+
+use http::{Response, StatusCode};
+use serde_json::json;
+
+use super::{json, STORE_DEADLINE};
+use crate::inject::percent_decode;
+use crate::metrics::StoreOp;
+use crate::proxy::ResponseBody;
+use crate::session::store::SessionInfo;
+use crate::session::{now_ms, PublicId, StoreError};
+use crate::state::AppState;
+
+/// Runs an admin store call under the deadline; `Err` is the response to send.
+async fn call<T>(
+    state: &AppState,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, Response<ResponseBody>> {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(STORE_DEADLINE, op).await;
+    let ok = matches!(result, Ok(Ok(_)));
+    state
+        .metrics
+        .store
+        .record(StoreOp::Admin, started.elapsed(), ok);
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(store_error(&error)),
+        Err(_) => Err(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "the session store did not answer in time" }),
+        )),
+    }
+}
+
+/// The answer for a store error.
+fn store_error(error: &StoreError) -> Response<ResponseBody> {
+    let status = match error {
+        StoreError::Timeout | StoreError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Full => StatusCode::INSUFFICIENT_STORAGE,
+        StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+    };
+    json(status, &json!({ "error": error.to_string() }))
+}
+
+/// The `user` query parameter, percent-decoded; `None` when missing or empty.
+fn user_param(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("user="))
+        .and_then(|raw| percent_decode(&raw.replace('+', " ")))
+        .filter(|user| !user.is_empty())
+}
+
+/// The answer when `?user=` is missing.
+fn missing_user() -> Response<ResponseBody> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &json!({ "error": "name the user: ?user=NAME" }),
+    )
+}
+
+fn describe(info: &SessionInfo) -> serde_json::Value {
+    json!({
+        "id": info.public_id.encode(),
+        "user": info.user,
+        "roles": info
+            .roles
+            .as_deref()
+            .map(|r| r.split(',').map(str::trim).filter(|r| !r.is_empty()).collect::<Vec<_>>())
+            .unwrap_or_default(),
+        "created": info.created,
+        "last_seen": info.last_seen,
+    })
+}
+
+/// `GET /sessions?user=NAME`.
+pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody> {
+    let Some(user) = user_param(query) else {
+        return missing_user();
+    };
+    let expiry = state.runtime().expiry;
+    match call(state, state.store.list_user(&user, now_ms(), expiry)).await {
+        Ok(sessions) => json(
+            StatusCode::OK,
+            &serde_json::Value::Array(sessions.iter().map(describe).collect()),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `DELETE /sessions?user=NAME`: log the user out everywhere.
+pub(super) async fn end_user(state: &AppState, query: &str) -> Response<ResponseBody> {
+    let Some(user) = user_param(query) else {
+        return missing_user();
+    };
+    match call(state, state.store.destroy_user(&user)).await {
+        Ok(ended) => {
+            state.metrics.session_ended("admin", ended as u64);
+            tracing::info!(user, ended, "admin: user logged out everywhere");
+            json(StatusCode::OK, &json!({ "user": user, "ended": ended }))
+        }
+        Err(response) => response,
+    }
+}
+
+/// `DELETE /sessions/{public_id}`.
+pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id)
+        .ok()
+        .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+    let Some(bytes) = decoded else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "not a session id (22 base64url characters, as in X-Session-Id)" }),
+        );
+    };
+    match call(state, state.store.destroy_public(&PublicId(bytes))).await {
+        Ok(true) => {
+            state.metrics.session_ended("admin", 1);
+            tracing::info!(session = id, "admin: session ended");
+            json(StatusCode::OK, &json!({ "id": id, "ended": 1 }))
+        }
+        Ok(false) => json(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": "no such session", "id": id }),
+        ),
+        Err(response) => response,
+    }
+}
+
+/// `GET /sessions/count`.
+pub(super) async fn count(state: &AppState) -> Response<ResponseBody> {
+    match call(state, state.store.count()).await {
+        Ok(count) => json(StatusCode::OK, &json!({ "count": count })),
+        Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_parameter_is_decoded_and_required() {
+        assert_eq!(user_param("user=alice").unwrap(), "alice");
+        assert_eq!(user_param("x=1&user=a%40b.c").unwrap(), "a@b.c");
+        assert_eq!(user_param("user=ann+lee").unwrap(), "ann lee");
+        assert!(user_param("").is_none());
+        assert!(user_param("user=").is_none());
+    }
+}
