@@ -167,7 +167,7 @@ fn build_runtime(
             config.session.absolute_timeout,
             config.session.touch_interval,
         ),
-        inject: InjectRules::new(&config.inject, &config.control),
+        inject: InjectRules::new(&config.inject, &config.control).with_security(&config.security),
         config,
     }
 }

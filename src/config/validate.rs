@@ -11,6 +11,7 @@
 
 mod checks;
 mod routing;
+mod security;
 mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -119,6 +120,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, text: &str) -> Option<Config> {
+        let security = self.security(&raw);
         let listen = self.listen(raw.listen);
         let tls = self.tls(raw.tls);
         let timeouts = self.timeouts(&raw.timeouts);
@@ -150,6 +152,7 @@ impl Validator<'_> {
                 .collect::<Option<Vec<_>>>()?,
             routes: routes?,
             warnings: Vec::new(),
+            security: security?,
         })
     }
 

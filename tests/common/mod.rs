@@ -492,12 +492,19 @@ async fn mock_handle(
 pub struct TestProxyBuilder {
     body: String,
     http_listener: bool,
+    listen: String,
 }
 
 impl TestProxyBuilder {
     /// The config after `[listen]` and `[tls]` (upstreams, routes, timeouts, limits...).
     pub fn config(mut self, body: impl Into<String>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// More `[listen]` keys (e.g. `trusted_proxies = [...]`), written in that table.
+    pub fn listen(mut self, keys: impl Into<String>) -> Self {
+        self.listen = keys.into();
         self
     }
 
@@ -516,8 +523,12 @@ impl TestProxyBuilder {
         let leaf = pki.default_leaf("cloakroom test leaf");
         write_leaf(dir.path(), &leaf);
         let config_path = dir.path().join("proxy.toml");
-        std::fs::write(&config_path, config_text("127.0.0.1:0", &self.body))
-            .expect("write proxy.toml");
+        let text = config_text("127.0.0.1:0", &self.body).replacen(
+            "\n\n[tls]",
+            &format!("\n{}\n\n[tls]", self.listen),
+            1,
+        );
+        std::fs::write(&config_path, text).expect("write proxy.toml");
         let (config, certs) = cloakroom::state::load_with_certs(&config_path)
             .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
 
@@ -601,6 +612,7 @@ impl TestProxy {
         TestProxyBuilder {
             body: String::new(),
             http_listener: false,
+            listen: String::new(),
         }
     }
 
