@@ -9,6 +9,7 @@
 //! `proxy::pipeline`.
 
 pub mod admin;
+pub mod assertion;
 pub mod config;
 pub mod demo;
 pub mod health;

@@ -379,6 +379,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         sni,
         activity: activity.clone(),
         cookies: crate::session::CookieCache::default(),
+        assertions: crate::assertion::AssertionCache::default(),
     });
     let io = DeadlineIo::new(
         stream,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::assertion::Assertions;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::router::Router;
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub(crate) cookie: CookieCodec,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
+    /// The identity assertion signer (`inject.assertion`); `None` = off.
+    pub(crate) assertions: Option<Arc<Assertions>>,
 }
 
 /// State shared by every connection of the process.
@@ -44,6 +47,9 @@ pub struct AppState {
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
+    /// The assertion key (PKCS#8) when `inject.assertion_key` is empty: generated at
+    /// start, kept across reloads, known to this instance only.
+    fallback_assertion_key: Vec<u8>,
     /// Raised when shutdown begins: accept loops stop, connections finish gracefully,
     /// background tasks end, `/readyz` fails.
     pub(crate) stop: Arc<Signal>,
@@ -67,14 +73,24 @@ impl AppState {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
+        let fallback_assertion_key = crate::assertion::generate_key().map_err(|_| {
+            crate::session::StoreError::Backend("the OS random generator failed".into())
+        })?;
         let store = Arc::new(MemoryStore::new(config.session.max_sessions));
-        let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
+        let runtime = build_runtime(
+            &backends,
+            Arc::new(config),
+            1,
+            &fallback_secret,
+            &fallback_assertion_key,
+        );
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
             store,
             fallback_secret,
+            fallback_assertion_key,
             stop: Arc::default(),
         }))
     }
@@ -102,6 +118,7 @@ impl AppState {
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
+            &self.fallback_assertion_key,
         );
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
@@ -151,6 +168,7 @@ fn build_runtime(
     config: Arc<Config>,
     generation: u64,
     fallback_secret: &[u8; 32],
+    fallback_assertion_key: &[u8],
 ) -> Runtime {
     let secret = config
         .session
@@ -168,7 +186,29 @@ fn build_runtime(
             config.session.touch_interval,
         ),
         inject: InjectRules::new(&config.inject, &config.control).with_security(&config.security),
+        assertions: assertions(&config, fallback_assertion_key),
         config,
+    }
+}
+
+/// The assertion signer of `config`, if `inject.assertion` is on. The key was checked
+/// when the config was validated, so a failure here is logged and leaves it off (fail
+/// closed: no identity is asserted rather than one signed with an unknown key).
+fn assertions(config: &Config, generated: &[u8]) -> Option<Arc<Assertions>> {
+    let settings = config.security.assertion.as_ref()?;
+    if settings.key.is_none() {
+        tracing::info!(
+            "inject.assertion: no assertion_key set, signing with a key generated at start; \
+             it is known to this instance only and changes at restart (set assertion_key \
+             to share one among instances)"
+        );
+    }
+    match Assertions::new(settings, generated) {
+        Ok(signer) => Some(Arc::new(signer)),
+        Err(error) => {
+            tracing::error!(%error, "identity assertions are off");
+            None
+        }
     }
 }
 

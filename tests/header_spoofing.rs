@@ -109,6 +109,12 @@ async fn underscore_and_dash_spoofs_never_reach_the_upstream_on_any_route_protoc
                 let expected = (path == "/" && cookie.is_some()).then(|| "alice".to_string());
                 assert_eq!(user, expected, "{case}");
                 assert_eq!(seen.one("x-session-id").is_some(), path == "/", "{case}");
+                let assertion = seen.one("x-session-assertion");
+                assert_eq!(assertion.is_some(), path == "/", "{case}");
+                assert!(
+                    assertion.map_or(true, |a| a.split('.').count() == 3),
+                    "{case}"
+                );
             }
         }
     }

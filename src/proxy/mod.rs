@@ -35,6 +35,8 @@ pub(crate) struct ConnCtx {
     pub(crate) activity: Arc<Activity>,
     /// The session cookie this connection last presented, already verified.
     pub(crate) cookies: crate::session::CookieCache,
+    /// The identity assertion last signed for this connection.
+    pub(crate) assertions: crate::assertion::AssertionCache,
 }
 
 /// Serves one request; never fails.

@@ -38,6 +38,7 @@ pub(crate) struct Outcome {
 
 /// Our own endpoints on the https listener.
 const LOGOUT_PATH: &str = "/.cloakroom/logout";
+const JWKS_PATH: &str = "/.cloakroom/jwks.json";
 
 /// Runs the pipeline for one request.
 pub(crate) async fn run(
@@ -57,6 +58,12 @@ pub(crate) async fn run(
     }
     if request.uri().path() == LOGOUT_PATH {
         return session::logout_endpoint(state, rt, &request, log).await;
+    }
+    if let (JWKS_PATH, Some(assertions)) = (request.uri().path(), &rt.assertions) {
+        return Ok(crate::assertion::jwks_response(
+            assertions,
+            request.method(),
+        ));
     }
     let RouteId(route_id) = rt
         .router
@@ -93,7 +100,7 @@ pub(crate) async fn run(
     let tunnel = headers::wants_upgrade(request.headers()) && request.version() <= Version::HTTP_11;
     let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut request));
     let exceeded = Arc::new(AtomicBool::new(false));
-    let upstream_request = build_upstream_request(
+    let mut upstream_request = build_upstream_request(
         rt,
         conn,
         request,
@@ -101,6 +108,20 @@ pub(crate) async fn run(
         tunnel,
         &exceeded,
     )?;
+    if let (Some(assertions), Some(ctx)) = (&rt.assertions, &ctx) {
+        let token = assertions.token(
+            &conn.assertions,
+            &ctx.session,
+            route.upstream,
+            &pool.name,
+            now / 1000,
+        );
+        if let Some(token) = token {
+            upstream_request
+                .headers_mut()
+                .insert(assertions.header.clone(), token);
+        }
+    }
     let deadlines = Deadlines {
         connect: rt.config.timeouts.connect,
         response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
