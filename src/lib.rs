@@ -16,6 +16,7 @@ pub mod health;
 pub mod inject;
 pub mod listener;
 pub mod proxy;
+pub mod rate_limit;
 pub mod redirect;
 pub mod router;
 pub mod session;
@@ -180,6 +181,7 @@ pub async fn run(
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
     background.spawn(sweep_sessions(state.clone()));
+    background.spawn(rate_limit::sweep(state.clone()));
     for warning in &state.runtime().config.warnings {
         tracing::warn!("{warning}");
     }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::assertion::Assertions;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
+use crate::rate_limit::RateLimits;
 use crate::router::Router;
 use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
 use crate::shutdown::Signal;
@@ -34,6 +35,8 @@ pub struct Runtime {
     pub(crate) inject: InjectRules,
     /// The identity assertion signer (`inject.assertion`); `None` = off.
     pub(crate) assertions: Option<Arc<Assertions>>,
+    /// The rate limiters (shared with the next generation while the rates stay).
+    pub(crate) rate_limits: Arc<RateLimits>,
 }
 
 /// State shared by every connection of the process.
@@ -113,13 +116,17 @@ impl AppState {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let next = build_runtime(
+        let mut next = build_runtime(
             &self.backends,
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
             &self.fallback_assertion_key,
         );
+        if next.rate_limits.rates() == current.rate_limits.rates() {
+            // Same rates: keep counting where the running limiters are.
+            next.rate_limits = current.rate_limits.clone();
+        }
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
         self.certs.swap(certs);
@@ -187,6 +194,7 @@ fn build_runtime(
         ),
         inject: InjectRules::new(&config.inject, &config.control).with_security(&config.security),
         assertions: assertions(&config, fallback_assertion_key),
+        rate_limits: Arc::new(RateLimits::new(config.security.rates)),
         config,
     }
 }

@@ -61,6 +61,9 @@ pub(crate) async fn serve(
     let mut response = match pipeline::run(&state, &runtime, &conn, request, &mut log).await {
         Ok(response) => response,
         Err(error) => {
+            if let Some(reason) = error.refusal() {
+                refused(&state, reason);
+            }
             match error.blame() {
                 Blame::Client => tracing::debug!(peer = %conn.peer, %error, "request refused"),
                 Blame::Upstream => tracing::warn!(
@@ -94,6 +97,12 @@ pub(crate) async fn serve(
         );
     }
     Ok(response)
+}
+
+/// The hook for a request the proxy refused itself (`cloakroom_refused_total{reason}`
+/// counts here once the metrics registry exists).
+fn refused(_state: &AppState, reason: &'static str) {
+    tracing::trace!(reason, "request refused");
 }
 
 /// An error and its causes, `a: b: c`.

@@ -49,6 +49,19 @@ pub(crate) async fn run(
     log: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_head_size(&request, rt.config.limits.max_header_bytes)?;
+    let rates = rt.config.security.rates;
+    let client_ip = rates.any().then(|| {
+        crate::rate_limit::client_ip(
+            conn.peer.ip(),
+            request.headers(),
+            &rt.config.listen.trusted_proxies,
+        )
+    });
+    if let (Some(ip), Some(_)) = (client_ip, rates.per_ip) {
+        rt.rate_limits
+            .check_ip(ip)
+            .map_err(ProxyError::RateLimited)?;
+    }
     let host = request_host(&request)?;
     let host = &*host;
     if let Some(sni) = conn.sni.as_deref() {
@@ -89,6 +102,15 @@ pub(crate) async fn run(
         }
         let ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
         log.session = Some(ctx.session.public_id);
+        if let Some(ip) = client_ip {
+            // An existing session counts against its own limit; only a session this
+            // request would create counts against the client's new-session limit.
+            match ctx.token {
+                Some(_) => rt.rate_limits.check_session(&ctx.session.public_id),
+                None => rt.rate_limits.check_new_session(ip),
+            }
+            .map_err(ProxyError::RateLimited)?;
+        }
         if let Some(response) = session::require_user(route, &ctx, &request) {
             return Ok(response);
         }
