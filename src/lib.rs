@@ -9,6 +9,7 @@
 //! `proxy::pipeline`.
 
 pub mod admin;
+pub mod anomaly;
 pub mod assertion;
 pub mod config;
 pub mod demo;

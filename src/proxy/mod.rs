@@ -7,6 +7,7 @@
 pub(crate) mod body;
 mod error;
 pub(crate) mod headers;
+mod hijack;
 mod pipeline;
 mod session;
 
@@ -77,6 +78,12 @@ pub(crate) async fn serve(
             error.to_response()
         }
     };
+    if let Some(hsts) = &runtime.config.security.hsts {
+        // Every https response, ours and errors included; replaces an upstream's.
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if let Some(cookie) = log.set_cookie.take() {
         response
             .headers_mut()

@@ -50,7 +50,8 @@ pub(crate) async fn run(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_head_size(&request, rt.config.limits.max_header_bytes)?;
     let rates = rt.config.security.rates;
-    let client_ip = rates.any().then(|| {
+    let anomaly_on = rt.config.security.anomaly != crate::config::AnomalyMode::Off;
+    let client_ip = (rates.any() || anomaly_on).then(|| {
         crate::rate_limit::client_ip(
             conn.peer.ip(),
             request.headers(),
@@ -95,14 +96,14 @@ pub(crate) async fn run(
     check_content_length(&request, rt.config.limits.max_body_bytes)?;
 
     let now = now_ms();
+    let mut anomaly = None;
     let ctx = if route.session {
         // Before the session starts, so refused requests do not grow the store.
         if route.csrf {
             session::check_csrf(&request)?;
         }
-        let ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
-        log.session = Some(ctx.session.public_id);
-        if let Some(ip) = client_ip {
+        let mut ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
+        if let Some(ip) = client_ip.filter(|_| rates.any()) {
             // An existing session counts against its own limit; only a session this
             // request would create counts against the client's new-session limit.
             match ctx.token {
@@ -111,6 +112,10 @@ pub(crate) async fn run(
             }
             .map_err(ProxyError::RateLimited)?;
         }
+        if let Some(ip) = client_ip.filter(|_| anomaly_on) {
+            anomaly = super::hijack::check(state, rt, &mut ctx, request.headers(), ip, now).await?;
+        }
+        log.session = Some(ctx.session.public_id);
         if let Some(response) = session::require_user(route, &ctx, &request) {
             return Ok(response);
         }
@@ -130,6 +135,11 @@ pub(crate) async fn run(
         tunnel,
         &exceeded,
     )?;
+    if let (Some(change), Some(name)) = (anomaly, &rt.inject.anomaly) {
+        upstream_request
+            .headers_mut()
+            .insert(name.clone(), change.header_value());
+    }
     if let (Some(assertions), Some(ctx)) = (&rt.assertions, &ctx) {
         let token = assertions.token(
             &conn.assertions,

@@ -18,7 +18,9 @@ use super::pipeline::Outcome;
 use super::ProxyError;
 use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::{encode_component, percent_decode, percent_encode_byte};
-use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
+use crate::session::{
+    random_bytes, ClientOrigin, CookieCache, Identity, PublicId, Session, StoreError, Token,
+};
 use crate::state::{AppState, Runtime};
 
 /// Bounds on what an upstream may store through control headers.
@@ -37,10 +39,16 @@ pub(crate) struct SessionCtx {
     pub(crate) session: Session,
     /// The session was pinned to another server by this request.
     pub(crate) pin_changed: bool,
+    /// This request's client fingerprints (when `session.anomaly` is on): bound to the
+    /// session when it starts and at login.
+    pub(crate) origin: Option<ClientOrigin>,
+    /// The session's recorded origin was set by this request (a session from before
+    /// hijack signals): save it.
+    pub(crate) origin_changed: bool,
 }
 
 /// Runs a store call under the store's deadline.
-async fn store_call<T>(
+pub(super) async fn store_call<T>(
     rt: &Runtime,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, ProxyError> {
@@ -65,6 +73,8 @@ pub(crate) async fn find(
                 token: Some(token),
                 session,
                 pin_changed: false,
+                origin: None,
+                origin_changed: false,
             });
         }
     }
@@ -73,6 +83,8 @@ pub(crate) async fn find(
         token: None,
         session: Session::new(public_id, now),
         pin_changed: false,
+        origin: None,
+        origin_changed: false,
     })
 }
 
@@ -232,6 +244,8 @@ pub(crate) async fn commit(
         token,
         mut session,
         pin_changed,
+        origin,
+        origin_changed,
     } = ctx;
     if control.logout {
         if let Some(token) = &token {
@@ -253,8 +267,9 @@ pub(crate) async fn commit(
         };
         session.identity =
             (user.is_some() || roles.is_some()).then(|| Arc::new(Identity { user, roles }));
-        // A login restarts the absolute lifetime.
+        // A login restarts the absolute lifetime and re-binds the hijack signals.
         session.created = now;
+        session.origin = origin.or(session.origin);
     }
     let data_changed = !control.set_data.is_empty();
     if data_changed {
@@ -278,7 +293,7 @@ pub(crate) async fn commit(
             let fresh = store_call(rt, state.store.regenerate(&token, &session, rt.expiry)).await?;
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
         }
-        Some(token) if data_changed || pin_changed => {
+        Some(token) if data_changed || pin_changed || origin_changed => {
             store_call(rt, state.store.save(&token, &session, rt.expiry)).await?;
         }
         Some(_) => {}
