@@ -218,7 +218,10 @@ fn request_host<B>(request: &Request<B>) -> Result<std::borrow::Cow<'_, str>, Pr
     Ok(host)
 }
 
-/// A declared body over the limit is refused before anything is sent upstream.
+/// A declared body over the limit is refused before anything is sent upstream. (A
+/// request framed both ways never gets here with its `Content-Length`: hyper reads it
+/// as chunked, drops the length and closes the connection after the response, as RFC
+/// 9112 §6.1 asks; `tests/request_hygiene.rs` pins that.)
 fn check_content_length<B>(request: &Request<B>, limit: u64) -> Result<(), ProxyError> {
     let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
         return Ok(());
@@ -420,7 +423,15 @@ fn finish_response(
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             tokio::spawn(tunnel(client_side, upstream_side));
         }
-        _ => headers::strip_hop_by_hop(response.headers_mut(), false),
+        _ => {
+            let headers = response.headers_mut();
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
+            // intermediary removes the latter (the body is re-framed for the client).
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            headers::strip_hop_by_hop(headers, false);
+        }
     }
     response.map(ResponseBody::Upstream)
 }
