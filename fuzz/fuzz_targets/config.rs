@@ -9,9 +9,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let env = |name: &str| (name.len() % 2 == 0).then(|| format!("v{name}"));
-    if let Err(errors) =
-        cloakroom::Config::from_str_with_env(std::path::Path::new("/nonexistent/proxy.toml"), text, &env)
-    {
+    if let Err(errors) = cloakroom::Config::from_str_with_env(
+        std::path::Path::new("/nonexistent/proxy.toml"),
+        text,
+        &env,
+    ) {
         assert!(!errors.0.is_empty());
         for error in &errors.0 {
             let _ = error.to_string();

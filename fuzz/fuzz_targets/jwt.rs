@@ -18,7 +18,11 @@ fn signer() -> &'static (Assertions, Vec<u8>) {
     static SIGNER: OnceLock<(Assertions, Vec<u8>)> = OnceLock::new();
     SIGNER.get_or_init(|| {
         let key = generate_key().expect("key");
-        let public = Ed25519KeyPair::from_pkcs8(&key).expect("pair").public_key().as_ref().to_vec();
+        let public = Ed25519KeyPair::from_pkcs8(&key)
+            .expect("pair")
+            .public_key()
+            .as_ref()
+            .to_vec();
         let config = AssertionConfig {
             header: http::HeaderName::from_static("x-session-assertion"),
             key: None,
@@ -53,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
         .decode(input.split('.').nth(1).expect("claims"))
         .expect("base64url");
     let claims = String::from_utf8(claims).expect("UTF-8");
-    assert!(!claims.chars().any(|c| (c as u32) < 0x20), "raw control character");
+    assert!(
+        !claims.chars().any(|c| (c as u32) < 0x20),
+        "raw control character"
+    );
     // Every quote is either escaped or one of the structure's own.
     let mut escaped = false;
     let mut quotes = 0;

@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             RouteConfig {
                 host: match host {
                     "" => None,
-                    h if h.starts_with("*.") => Some(HostPattern::Suffix(h[1..].to_ascii_lowercase())),
+                    h if h.starts_with("*.") => {
+                        Some(HostPattern::Suffix(h[1..].to_ascii_lowercase()))
+                    }
                     h => Some(HostPattern::Exact(h.to_ascii_lowercase())),
                 },
                 path: format!("/{}", path.trim_start_matches('/')),
@@ -37,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
     let host = normalize_host(host);
     if let Some(id) = router.route(&host, path) {
         let route = &routes[id.0];
-        assert!(path.starts_with(route.path.trim_end_matches('/')), "{path} {}", route.path);
+        assert!(
+            path.starts_with(route.path.trim_end_matches('/')),
+            "{path} {}",
+            route.path
+        );
     }
 });
