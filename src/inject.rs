@@ -3,10 +3,15 @@
 //!
 //! Trust boundary: an upstream trusts `X-Session-*` because nothing a client sends under
 //! those names (or under any configured `[inject]`/`[control]` name) ever reaches it.
+//! Names are compared case-insensitively with `_` read as `-`: CGI, FastCGI (PHP-FPM),
+//! WSGI and Rack servers turn both `X-Session-User` and `X_Session_User` into
+//! `HTTP_X_SESSION_USER`, so an underscore variant is the same header to the app.
+//! With `listen.drop_underscore_headers` (the default) every client header with a `_`
+//! in its name is dropped, as nginx does by default.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ControlConfig, InjectConfig};
+use crate::config::{ControlConfig, InjectConfig, SecurityConfig};
 use crate::session::Session;
 
 /// The reserved prefix: every request header starting with it is the proxy's alone.
@@ -24,6 +29,10 @@ pub struct InjectRules {
     data: Option<HeaderName>,
     /// Configured names outside the reserved prefix, removed from every request.
     strip: Vec<HeaderName>,
+    /// `listen.drop_underscore_headers`.
+    drop_underscore: bool,
+    /// `inject.anomaly`.
+    pub(crate) anomaly: Option<HeaderName>,
 }
 
 impl InjectRules {
@@ -53,22 +62,59 @@ impl InjectRules {
             roles: inject.roles.clone(),
             data: inject.data.clone(),
             strip,
+            drop_underscore: true,
+            anomaly: None,
         }
+    }
+
+    /// Adds the security settings: underscore dropping and the `inject.anomaly` name.
+    pub fn with_security(mut self, security: &SecurityConfig) -> InjectRules {
+        self.drop_underscore = security.drop_underscore_headers;
+        if let Some(name) = &security.anomaly_header {
+            if !dashed_prefix(name.as_str().as_bytes(), RESERVED_PREFIX.as_bytes()) {
+                self.strip.push(name.clone());
+            }
+        }
+        self.anomaly = security.anomaly_header.clone();
+        self
+    }
+
+    /// Whether a client-sent header of this name must not reach the upstream.
+    fn refuses(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        (self.drop_underscore && name.contains(&b'_'))
+            || dashed_prefix(name, RESERVED_PREFIX.as_bytes())
+            || self
+                .strip
+                .iter()
+                .any(|ours| dashed_eq(name, ours.as_str().as_bytes()))
     }
 }
 
-/// Removes every client-sent identity header: configured names and the reserved prefix.
+/// `a == b` with `_` read as `-` (both lower-case, as `HeaderName`s are).
+fn dashed_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && dashed_prefix(a, b)
+}
+
+/// `name` starts with `prefix`, `_` read as `-` (both lower-case).
+fn dashed_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    let dash = |b: u8| if b == b'_' { b'-' } else { b };
+    name.len() >= prefix.len() && name.iter().zip(prefix).all(|(&a, &b)| dash(a) == dash(b))
+}
+
+/// Removes every client-sent identity header: configured names and the reserved prefix,
+/// in any `_`/`-` spelling, and with `drop_underscore_headers` every name with a `_`.
 pub fn strip(headers: &mut HeaderMap, rules: &InjectRules) {
-    for name in &rules.strip {
-        headers.remove(name);
+    // One pass without allocating; nearly every request carries none of them.
+    if !headers.keys().any(|name| rules.refuses(name)) {
+        return;
     }
-    // Allocate only when a client actually sent reserved headers.
-    let reserved: Vec<HeaderName> = headers
+    let refused: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX))
+        .filter(|name| rules.refuses(name))
         .cloned()
         .collect();
-    for name in reserved {
+    for name in refused {
         headers.remove(&name);
     }
 }
@@ -202,6 +248,65 @@ mod tests {
         h.insert("x-other", HeaderValue::from_static("ok"));
         strip(&mut h, &rules());
         assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    fn headers(names: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for name in names {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("mallory"),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn underscore_variants_of_identity_names_are_stripped_even_when_underscores_are_allowed() {
+        let security = SecurityConfig {
+            drop_underscore_headers: false,
+            ..SecurityConfig::default()
+        };
+        let rules = rules().with_security(&security);
+        let mut h = headers(&[
+            "x_session_user",
+            "X_Session_Roles",
+            "x-session_id",
+            "x_session-anything",
+            "x_identity",
+            "x-app_logout",
+            "x_other",
+            "x-session",
+        ]);
+        strip(&mut h, &rules);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["x-session", "x_other"]);
+    }
+
+    #[test]
+    fn drop_underscore_headers_drops_every_name_with_an_underscore() {
+        let rules = rules().with_security(&SecurityConfig::default());
+        let mut h = headers(&["x_other", "accept_language", "accept-language", "x-ok"]);
+        strip(&mut h, &rules);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["accept-language", "x-ok"]);
+    }
+
+    #[test]
+    fn a_custom_anomaly_name_is_stripped_in_any_spelling() {
+        let security = SecurityConfig {
+            drop_underscore_headers: false,
+            anomaly_header: Some(HeaderName::from_static("x-hijack")),
+            ..SecurityConfig::default()
+        };
+        let rules = rules().with_security(&security);
+        let mut h = headers(&["x_hijack", "x-hijack", "x-hijacked"]);
+        strip(&mut h, &rules);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["x-hijacked"]);
     }
 
     #[test]

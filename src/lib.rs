@@ -9,6 +9,8 @@
 //! `proxy::pipeline`.
 
 pub mod admin;
+pub mod anomaly;
+pub mod assertion;
 pub mod config;
 pub mod demo;
 pub mod health;
@@ -16,6 +18,7 @@ pub mod inject;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod rate_limit;
 pub mod redirect;
 pub mod router;
 pub mod session;
@@ -185,6 +188,7 @@ pub async fn run(
         let watched = state.clone();
         background.spawn(snapshots.run(state.stop.clone(), move || watched.runtime().expiry));
     }
+    background.spawn(rate_limit::sweep(state.clone()));
     for warning in &state.runtime().config.warnings {
         tracing::warn!("{warning}");
     }

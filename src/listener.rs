@@ -383,6 +383,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         cookies: crate::session::CookieCache::default(),
         conn_no: state.request_ids.next_connection(),
         requests: std::sync::atomic::AtomicU64::new(0),
+        assertions: crate::assertion::AssertionCache::default(),
     });
     let io = DeadlineIo::new(
         stream,

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::assertion::Assertions;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
+use crate::rate_limit::RateLimits;
 use crate::router::Router;
 use crate::session::store::SealedCodec;
 use crate::session::{CookieCodec, Expiry, SessionStore};
@@ -39,6 +41,10 @@ pub struct Runtime {
     pub(crate) metrics: Option<RequestMetrics>,
     /// Each route as logs and metrics name it (`host/path`), indexed like `config.routes`.
     pub(crate) route_names: Vec<Arc<str>>,
+    /// The identity assertion signer (`inject.assertion`); `None` = off.
+    pub(crate) assertions: Option<Arc<Assertions>>,
+    /// The rate limiters (shared with the next generation while the rates stay).
+    pub(crate) rate_limits: Arc<RateLimits>,
 }
 
 /// State shared by every connection of the process.
@@ -52,6 +58,9 @@ pub struct AppState {
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
+    /// The assertion key (PKCS#8) when `inject.assertion_key` is empty: generated at
+    /// start, kept across reloads, known to this instance only.
+    fallback_assertion_key: Vec<u8>,
     /// Raised when shutdown begins: accept loops stop, connections finish gracefully,
     /// background tasks end, `/readyz` fails.
     pub(crate) stop: Arc<Signal>,
@@ -86,12 +95,16 @@ impl AppState {
         let fallback_secret = crate::session::random_bytes::<32>()?;
         let metrics = Arc::new(Metrics::new());
         let count_metrics = config.listen.admin.is_some();
+        let fallback_assertion_key = crate::assertion::generate_key().map_err(|_| {
+            crate::session::StoreError::Backend("the OS random generator failed".into())
+        })?;
         let runtime = build_runtime(
             &backends,
             Arc::new(config),
             1,
             &fallback_secret,
             count_metrics.then_some(&metrics),
+            &fallback_assertion_key,
         );
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
@@ -99,6 +112,7 @@ impl AppState {
             backends,
             store,
             fallback_secret,
+            fallback_assertion_key,
             stop: Arc::default(),
             metrics,
             request_ids: crate::proxy::RequestIds::new(),
@@ -125,13 +139,18 @@ impl AppState {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let next = build_runtime(
+        let mut next = build_runtime(
             &self.backends,
             Arc::new(config),
             current.generation + 1,
             &self.fallback_secret,
             self.count_metrics.then_some(&self.metrics),
+            &self.fallback_assertion_key,
         );
+        if next.rate_limits.rates() == current.rate_limits.rates() {
+            // Same rates: keep counting where the running limiters are.
+            next.rate_limits = current.rate_limits.clone();
+        }
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
         self.certs.swap(certs);
@@ -181,6 +200,7 @@ fn build_runtime(
     generation: u64,
     fallback_secret: &[u8; 32],
     metrics: Option<&Arc<Metrics>>,
+    fallback_assertion_key: &[u8],
 ) -> Runtime {
     let current = config
         .session
@@ -202,14 +222,37 @@ fn build_runtime(
             config.session.absolute_timeout,
             config.session.touch_interval,
         ),
-        inject: InjectRules::new(&config.inject, &config.control),
         metrics: metrics.map(|m| RequestMetrics::new(m, &config)),
         route_names: config
             .routes
             .iter()
             .map(|r| route_label(r).into())
             .collect(),
+        inject: InjectRules::new(&config.inject, &config.control).with_security(&config.security),
+        assertions: assertions(&config, fallback_assertion_key),
+        rate_limits: Arc::new(RateLimits::new(config.security.rates)),
         config,
+    }
+}
+
+/// The assertion signer of `config`, if `inject.assertion` is on. The key was checked
+/// when the config was validated, so a failure here is logged and leaves it off (fail
+/// closed: no identity is asserted rather than one signed with an unknown key).
+fn assertions(config: &Config, generated: &[u8]) -> Option<Arc<Assertions>> {
+    let settings = config.security.assertion.as_ref()?;
+    if settings.key.is_none() {
+        tracing::info!(
+            "inject.assertion: no assertion_key set, signing with a key generated at start; \
+             it is known to this instance only and changes at restart (set assertion_key \
+             to share one among instances)"
+        );
+    }
+    match Assertions::new(settings, generated) {
+        Ok(signer) => Some(Arc::new(signer)),
+        Err(error) => {
+            tracing::error!(%error, "identity assertions are off");
+            None
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod interpolate;
 mod locate;
 mod raw;
+mod security;
 mod validate;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use security::{AnomalyMode, AssertionConfig, Rate, RateLimitsConfig, SecurityConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -44,6 +46,9 @@ pub struct Config {
     /// Settings that are legal but probably not meant: `check` prints them, the proxy
     /// logs them at start and reload.
     pub warnings: Vec<ConfigError>,
+    /// Header hygiene, rate limits, assertion, hijack signals, HSTS (keys of several
+    /// sections, gathered).
+    pub security: SecurityConfig,
 }
 
 /// `[listen]`

@@ -56,6 +56,8 @@ pub(super) struct RawListen {
     /// Bearer token the admin paths require ("" or absent = none).
     #[serde(default)]
     pub(super) admin_token: String,
+    #[serde(default = "default_true")]
+    pub(super) drop_underscore_headers: bool,
 }
 
 impl Default for RawListen {
@@ -67,6 +69,7 @@ impl Default for RawListen {
             trusted_proxies: Vec::new(),
             workers: 0,
             admin_token: String::new(),
+            drop_underscore_headers: true,
         }
     }
 }
@@ -83,6 +86,9 @@ pub(super) struct RawTls {
     pub(super) key: String,
     #[serde(default)]
     pub(super) sni: Vec<RawSni>,
+    /// `Strict-Transport-Security` value; `""` = off.
+    #[serde(default)]
+    pub(super) hsts: String,
 }
 
 /// `[[tls.sni]]`
@@ -154,6 +160,12 @@ pub(super) struct RawLimits {
     pub(super) max_body_bytes: u64,
     #[serde(default = "default_max_connections")]
     pub(super) max_connections: u64,
+    #[serde(default = "default_off")]
+    pub(super) per_ip: String,
+    #[serde(default = "default_off")]
+    pub(super) per_session: String,
+    #[serde(default = "default_off")]
+    pub(super) new_sessions_per_ip: String,
 }
 
 impl Default for RawLimits {
@@ -162,8 +174,15 @@ impl Default for RawLimits {
             max_header_bytes: default_max_header_bytes(),
             max_body_bytes: default_max_body_bytes(),
             max_connections: default_max_connections(),
+            per_ip: default_off(),
+            per_session: default_off(),
+            new_sessions_per_ip: default_off(),
         }
     }
+}
+
+fn default_off() -> String {
+    "off".to_owned()
 }
 
 fn default_max_header_bytes() -> u64 {
@@ -228,6 +247,8 @@ pub(super) struct RawSession {
     pub(super) persist_interval: String,
     /// Absent = 10 % of `idle_timeout`.
     pub(super) touch_interval: Option<String>,
+    #[serde(default = "default_anomaly")]
+    pub(super) anomaly: RawAnomaly,
 }
 
 impl Default for RawSession {
@@ -247,8 +268,22 @@ impl Default for RawSession {
             persist: String::new(),
             persist_interval: default_persist_interval(),
             touch_interval: None,
+            anomaly: default_anomaly(),
         }
     }
+}
+
+/// `session.anomaly`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawAnomaly {
+    Off,
+    Flag,
+    End,
+}
+
+fn default_anomaly() -> RawAnomaly {
+    RawAnomaly::Flag
 }
 
 fn default_cookie() -> String {
@@ -331,6 +366,16 @@ pub(super) struct RawInject {
     pub(super) data: String,
     #[serde(default)]
     pub(super) assertion: String,
+    /// PKCS#8 PEM text, or the path of a PEM file; `""` = generated at start.
+    #[serde(default)]
+    pub(super) assertion_key: String,
+    /// Keys (PEM text or paths) whose public halves the JWKS still serves.
+    #[serde(default)]
+    pub(super) assertion_previous_keys: Vec<String>,
+    #[serde(default = "default_assertion_ttl")]
+    pub(super) assertion_ttl: String,
+    #[serde(default = "default_inject_anomaly")]
+    pub(super) anomaly: String,
 }
 
 impl Default for RawInject {
@@ -341,8 +386,20 @@ impl Default for RawInject {
             roles: default_inject_roles(),
             data: default_inject_data(),
             assertion: String::new(),
+            assertion_key: String::new(),
+            assertion_previous_keys: Vec::new(),
+            assertion_ttl: default_assertion_ttl(),
+            anomaly: default_inject_anomaly(),
         }
     }
+}
+
+fn default_assertion_ttl() -> String {
+    "60s".to_owned()
+}
+
+fn default_inject_anomaly() -> String {
+    "X-Session-Anomaly".to_owned()
 }
 
 fn default_inject_id() -> String {

@@ -12,6 +12,7 @@
 mod admin;
 mod checks;
 mod routing;
+mod security;
 mod session;
 
 use std::net::{IpAddr, SocketAddr};
@@ -120,6 +121,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig, text: &str) -> Option<Config> {
+        let security = self.security(&raw);
         let listen = self.listen(raw.listen);
         let tls = self.tls(raw.tls);
         let timeouts = self.timeouts(&raw.timeouts);
@@ -152,6 +154,7 @@ impl Validator<'_> {
                 .collect::<Option<Vec<_>>>()?,
             routes: routes?,
             warnings: Vec::new(),
+            security: security?,
         })
     }
 

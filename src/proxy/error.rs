@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// A bug of ours; details in the log.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// Over a rate limit (`limits.per_ip`, `per_session`, `new_sessions_per_ip`).
+    #[error("over {}", .0.limit.key())]
+    RateLimited(crate::rate_limit::Refusal),
 }
 
 /// Whose fault a failure is, for the log level.
@@ -79,6 +82,26 @@ impl ProxyError {
                 }
             },
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Why the proxy itself refused the request (the `reason` label of
+    /// `cloakroom_refused_total`), or `None` for failures that are not refusals.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::CrossSite => Some("csrf"),
+            ProxyError::RateLimited(_) => Some("rate_limit"),
+            ProxyError::BadRequest(_) => Some("bad_request"),
+            ProxyError::BodyTooLarge { .. } => Some("body_too_large"),
+            ProxyError::HeadersTooLarge { .. } => Some("headers_too_large"),
+            ProxyError::Misdirected => Some("misdirected"),
+            ProxyError::NoRoute => Some("no_route"),
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::PinnedDown { .. }
+            | ProxyError::Store(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::Internal(_) => None,
         }
     }
 
@@ -90,7 +113,8 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::HeadersTooLarge { .. }
-            | ProxyError::CrossSite => Blame::Client,
+            | ProxyError::CrossSite
+            | ProxyError::RateLimited(_) => Blame::Client,
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::PinnedDown { .. }
             | ProxyError::Store(_)
@@ -111,6 +135,7 @@ impl ProxyError {
             StatusCode::BAD_GATEWAY => "502 upstream unavailable\n",
             StatusCode::SERVICE_UNAVAILABLE => "503 service unavailable, retry shortly\n",
             StatusCode::GATEWAY_TIMEOUT => "504 upstream timed out\n",
+            StatusCode::TOO_MANY_REQUESTS => "429 too many requests, retry later\n",
             _ => "500 internal error\n",
         }
     }
@@ -129,6 +154,12 @@ impl ProxyError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.status() == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let ProxyError::RateLimited(refusal) = self {
+            // Whole seconds, rounded up: a client that waits this long gets through.
+            let millis = refusal.retry_after.as_millis();
+            let seconds = millis.div_ceil(1000).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
         }
         response
     }
@@ -183,11 +214,21 @@ mod tests {
             ),
             (UpstreamError::Closed { addr }.into(), 502),
             (ProxyError::Internal("bug"), 500),
+            (
+                ProxyError::RateLimited(crate::rate_limit::Refusal {
+                    limit: crate::rate_limit::Limit::PerIp,
+                    retry_after: Duration::from_millis(1500),
+                }),
+                429,
+            ),
         ];
         for (error, status) in table {
             assert_eq!(error.status().as_u16(), status, "{error}");
             let response = error.to_response();
             assert_eq!(response.status().as_u16(), status);
+            if status == 429 {
+                assert_eq!(response.headers()["retry-after"], "2");
+            }
         }
     }
 }

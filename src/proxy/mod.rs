@@ -7,6 +7,7 @@
 pub(crate) mod body;
 mod error;
 pub(crate) mod headers;
+mod hijack;
 mod pipeline;
 mod request_id;
 mod session;
@@ -41,6 +42,8 @@ pub(crate) struct ConnCtx {
     pub(crate) conn_no: u64,
     /// Requests served on this connection so far, for generated request ids.
     pub(crate) requests: std::sync::atomic::AtomicU64,
+    /// The identity assertion last signed for this connection.
+    pub(crate) assertions: crate::assertion::AssertionCache,
 }
 
 /// Serves one request; never fails.
@@ -85,10 +88,16 @@ pub(crate) async fn serve(
                 ),
                 Blame::Proxy => tracing::error!(%error, "internal error"),
             }
-            log.refused = log.refused.or(refusal(&error));
+            log.refused = log.refused.or(error.refusal());
             error.to_response()
         }
     };
+    if let Some(hsts) = &runtime.config.security.hsts {
+        // Every https response, ours and errors included; replaces an upstream's.
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     if let Some(cookie) = log.set_cookie.take() {
         response
             .headers_mut()
@@ -125,24 +134,6 @@ pub(crate) async fn serve(
         );
     }
     Ok(response)
-}
-
-/// The `reason` of `cloakroom_refused_total` for a request the proxy answered itself;
-/// `None` when the failure was upstream's, the store's or ours.
-fn refusal(error: &ProxyError) -> Option<&'static str> {
-    match error {
-        ProxyError::BadRequest(_) => Some("bad_request"),
-        ProxyError::Misdirected => Some("misdirected"),
-        ProxyError::NoRoute => Some("no_route"),
-        ProxyError::BodyTooLarge { .. } => Some("body_too_large"),
-        ProxyError::HeadersTooLarge { .. } => Some("headers_too_large"),
-        ProxyError::CrossSite => Some("csrf"),
-        ProxyError::NoHealthyUpstream { .. }
-        | ProxyError::PinnedDown { .. }
-        | ProxyError::Store(_)
-        | ProxyError::Upstream(_)
-        | ProxyError::Internal(_) => None,
-    }
 }
 
 /// An error and its causes, `a: b: c`.

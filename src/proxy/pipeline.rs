@@ -48,6 +48,7 @@ pub(crate) struct Outcome {
 
 /// Our own endpoints on the https listener.
 const LOGOUT_PATH: &str = "/.cloakroom/logout";
+const JWKS_PATH: &str = "/.cloakroom/jwks.json";
 
 /// Runs the pipeline for one request.
 pub(crate) async fn run(
@@ -58,6 +59,20 @@ pub(crate) async fn run(
     log: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     check_head_size(&request, rt.config.limits.max_header_bytes)?;
+    let rates = rt.config.security.rates;
+    let anomaly_on = rt.config.security.anomaly != crate::config::AnomalyMode::Off;
+    let client_ip = (rates.any() || anomaly_on).then(|| {
+        crate::rate_limit::client_ip(
+            conn.peer.ip(),
+            request.headers(),
+            &rt.config.listen.trusted_proxies,
+        )
+    });
+    if let (Some(ip), Some(_)) = (client_ip, rates.per_ip) {
+        rt.rate_limits
+            .check_ip(ip)
+            .map_err(ProxyError::RateLimited)?;
+    }
     let host = request_host(&request)?;
     let host = &*host;
     if let Some(sni) = conn.sni.as_deref() {
@@ -67,6 +82,12 @@ pub(crate) async fn run(
     }
     if request.uri().path() == LOGOUT_PATH {
         return session::logout_endpoint(state, rt, &request, log).await;
+    }
+    if let (JWKS_PATH, Some(assertions)) = (request.uri().path(), &rt.assertions) {
+        return Ok(crate::assertion::jwks_response(
+            assertions,
+            request.method(),
+        ));
     }
     let RouteId(route_id) = rt
         .router
@@ -85,12 +106,27 @@ pub(crate) async fn run(
     check_content_length(&request, rt.config.limits.max_body_bytes)?;
 
     let now = now_ms();
+    let mut anomaly = None;
     let ctx = if route.session {
         // Before the session starts, so refused requests do not grow the store.
         if route.csrf {
             session::check_csrf(&request)?;
         }
-        let ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
+        let mut ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
+        if let Some(ip) = client_ip.filter(|_| rates.any()) {
+            // An existing session counts against its own limit; only a session this
+            // request would create counts against the client's new-session limit.
+            match ctx.handle {
+                session::Handle::Stored(_) | session::Handle::Sealed { .. } => {
+                    rt.rate_limits.check_session(&ctx.session.public_id)
+                }
+                session::Handle::New => rt.rate_limits.check_new_session(ip),
+            }
+            .map_err(ProxyError::RateLimited)?;
+        }
+        if let Some(ip) = client_ip.filter(|_| anomaly_on) {
+            anomaly = super::hijack::check(state, rt, &mut ctx, request.headers(), ip, now).await?;
+        }
         log.session = Some(ctx.session.public_id);
         log.identity.clone_from(&ctx.session.identity);
         if let Some(response) = session::require_user(route, &ctx, &request) {
@@ -105,7 +141,7 @@ pub(crate) async fn run(
     let tunnel = headers::wants_upgrade(request.headers()) && request.version() <= Version::HTTP_11;
     let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut request));
     let exceeded = Arc::new(AtomicBool::new(false));
-    let upstream_request = build_upstream_request(
+    let mut upstream_request = build_upstream_request(
         rt,
         conn,
         request,
@@ -114,6 +150,25 @@ pub(crate) async fn run(
         &exceeded,
         log.request_id.as_ref(),
     )?;
+    if let (Some(change), Some(name)) = (anomaly, &rt.inject.anomaly) {
+        upstream_request
+            .headers_mut()
+            .insert(name.clone(), change.header_value());
+    }
+    if let (Some(assertions), Some(ctx)) = (&rt.assertions, &ctx) {
+        let token = assertions.token(
+            &conn.assertions,
+            &ctx.session,
+            route.upstream,
+            &pool.name,
+            now / 1000,
+        );
+        if let Some(token) = token {
+            upstream_request
+                .headers_mut()
+                .insert(assertions.header.clone(), token);
+        }
+    }
     let deadlines = Deadlines {
         connect: rt.config.timeouts.connect,
         response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
@@ -189,7 +244,10 @@ fn request_host<B>(request: &Request<B>) -> Result<std::borrow::Cow<'_, str>, Pr
     Ok(host)
 }
 
-/// A declared body over the limit is refused before anything is sent upstream.
+/// A declared body over the limit is refused before anything is sent upstream. (A
+/// request framed both ways never gets here with its `Content-Length`: hyper reads it
+/// as chunked, drops the length and closes the connection after the response, as RFC
+/// 9112 §6.1 asks; `tests/request_hygiene.rs` pins that.)
 fn check_content_length<B>(request: &Request<B>, limit: u64) -> Result<(), ProxyError> {
     let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
         return Ok(());
@@ -398,7 +456,15 @@ fn finish_response(
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             tokio::spawn(tunnel(client_side, upstream_side));
         }
-        _ => headers::strip_hop_by_hop(response.headers_mut(), false),
+        _ => {
+            let headers = response.headers_mut();
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
+            // intermediary removes the latter (the body is re-framed for the client).
+            if headers.contains_key(header::TRANSFER_ENCODING) {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            headers::strip_hop_by_hop(headers, false);
+        }
     }
     response.map(ResponseBody::Upstream)
 }

@@ -24,7 +24,9 @@ use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::{encode_component, percent_decode, percent_encode_byte};
 use crate::metrics::StoreOp;
 use crate::session::store::{SealError, SealedCodec};
-use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
+use crate::session::{
+    random_bytes, ClientOrigin, CookieCache, Identity, PublicId, Session, StoreError, Token,
+};
 use crate::state::{AppState, Runtime};
 
 /// Bounds on what an upstream may store through control headers.
@@ -54,10 +56,16 @@ pub(crate) struct SessionCtx {
     pub(crate) session: Session,
     /// The session was pinned to another server by this request.
     pub(crate) pin_changed: bool,
+    /// This request's client fingerprints (when `session.anomaly` is on): bound to the
+    /// session when it starts and at login.
+    pub(crate) origin: Option<ClientOrigin>,
+    /// The session's recorded origin was set by this request (a session from before
+    /// hijack signals): save it.
+    pub(crate) origin_changed: bool,
 }
 
 /// Runs a store call under the store's deadline (timed as `op` when metrics are on).
-async fn store_call<T>(
+pub(super) async fn store_call<T>(
     rt: &Runtime,
     op: StoreOp,
     call: impl Future<Output = Result<T, StoreError>>,
@@ -96,6 +104,8 @@ pub(crate) async fn find(
                     handle: Handle::Sealed { reseal },
                     session,
                     pin_changed: false,
+                    origin: None,
+                    origin_changed: false,
                 });
             }
         }
@@ -107,6 +117,8 @@ pub(crate) async fn find(
                 handle: Handle::Stored(token),
                 session,
                 pin_changed: false,
+                origin: None,
+                origin_changed: false,
             });
         }
     }
@@ -115,6 +127,8 @@ pub(crate) async fn find(
         handle: Handle::New,
         session: Session::new(public_id, now),
         pin_changed: false,
+        origin: None,
+        origin_changed: false,
     })
 }
 
@@ -279,6 +293,8 @@ pub(crate) async fn commit(
         handle,
         mut session,
         pin_changed,
+        origin,
+        origin_changed,
     } = ctx;
     if control.logout {
         match &handle {
@@ -328,8 +344,9 @@ pub(crate) async fn commit(
         };
         session.identity =
             (user.is_some() || roles.is_some()).then(|| Arc::new(Identity { user, roles }));
-        // A login restarts the absolute lifetime.
+        // A login restarts the absolute lifetime and re-binds the hijack signals.
         session.created = now;
+        session.origin = origin.or(session.origin);
     }
     let data_changed = !control.set_data.is_empty();
     if data_changed {
@@ -341,8 +358,13 @@ pub(crate) async fn commit(
     }
     if let (Some(sealed), Handle::New | Handle::Sealed { .. }) = (&rt.sealed, &handle) {
         let reseal = matches!(handle, Handle::New | Handle::Sealed { reseal: true });
-        if reseal || identity_changed || data_changed || pin_changed {
+        if reseal || identity_changed || data_changed || pin_changed || origin_changed {
             outcome.set_cookie = reseal_cookie(rt, sealed, &mut session, before);
+        }
+        if matches!(handle, Handle::New) {
+            state.metrics.sessions_created.inc();
+        } else if identity_changed {
+            state.metrics.sessions_regenerated.inc();
         }
         return Ok(());
     }
@@ -373,7 +395,7 @@ pub(crate) async fn commit(
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
             state.metrics.sessions_regenerated.inc();
         }
-        Handle::Stored(token) if data_changed || pin_changed => {
+        Handle::Stored(token) if data_changed || pin_changed || origin_changed => {
             store_call(
                 rt,
                 StoreOp::Save,

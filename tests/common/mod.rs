@@ -496,12 +496,19 @@ pub struct TestProxyBuilder {
     body: String,
     http_listener: bool,
     admin_listener: bool,
+    listen: String,
 }
 
 impl TestProxyBuilder {
     /// The config after `[listen]` and `[tls]` (upstreams, routes, timeouts, limits...).
     pub fn config(mut self, body: impl Into<String>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// More `[listen]` keys (e.g. `trusted_proxies = [...]`), written in that table.
+    pub fn listen(mut self, keys: impl Into<String>) -> Self {
+        self.listen = keys.into();
         self
     }
 
@@ -542,6 +549,7 @@ impl TestProxyBuilder {
             ),
             None => config_text("127.0.0.1:0", &self.body),
         };
+        let text = text.replacen("\n\n[tls]", &format!("\n{}\n\n[tls]", self.listen), 1);
         std::fs::write(&config_path, text).expect("write proxy.toml");
         let (config, certs) = cloakroom::state::load_with_certs(&config_path)
             .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
@@ -626,6 +634,7 @@ impl TestProxy {
             body: String::new(),
             http_listener: false,
             admin_listener: false,
+            listen: String::new(),
         }
     }
 
