@@ -11,9 +11,14 @@
 //! runs one suite against every engine.
 
 pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
 
 use super::{Expiry, PublicId, Session, Token};
+use crate::config::{SessionConfig, StoreKind};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// What the admin API lists about a session.
@@ -109,5 +114,46 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// sessions the engine does not expire by itself. Returns how many were removed.
     async fn sweep(&self, _now: u64, _expiry: Expiry) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    /// Whether the store's last operation failed (its server down, refusing or hung):
+    /// an atomic load, cheap enough for every request. The request path then checks
+    /// with [`SessionStore::ping`] before it starts a new session, so a request that
+    /// would end in a 503 at commit gets it before reaching the upstream.
+    fn known_down(&self) -> bool {
+        false
+    }
+}
+
+/// Opens the store `config` chooses (one arm per [`StoreKind`]). Runs at start-up.
+pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+    match &config.store {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(config.max_sessions))),
+        StoreKind::Redis(redis) => {
+            let ca = match &redis.ca {
+                Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
+                    StoreError::Backend(format!(
+                        "cannot read session.redis.ca \"{}\": {e}",
+                        path.display()
+                    ))
+                })?),
+                None => None,
+            };
+            let store = RedisStore::open(redis, ca)?;
+            // Not fatal: the proxy starts (not ready) and connects once Redis answers.
+            match tokio::time::timeout(self::redis::START_PROBE, store.ping()).await {
+                Ok(Ok(())) => tracing::info!("redis session store answers"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "redis does not answer yet; session routes answer 503 until it does")
+                }
+                Err(_) => tracing::warn!(
+                    "redis does not answer yet; session routes answer 503 until it does"
+                ),
+            }
+            Ok(Arc::new(store))
+        }
+        StoreKind::Cookie => Err(StoreError::Unsupported(
+            "the cookie store is not available in this version yet",
+        )),
     }
 }
