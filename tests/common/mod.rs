@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod redis;
+pub mod scripted;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -11,15 +11,61 @@
 //! runs one suite against every engine.
 
 pub mod memory;
+pub mod persist;
 pub mod redis;
-
-use std::sync::Arc;
+pub mod sealed;
 
 use super::{Expiry, PublicId, Session, Token};
-use crate::config::{SessionConfig, StoreKind};
 
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
+pub use persist::Snapshots;
+pub use sealed::{CookieOnly, SealError, SealedCodec};
+
+use std::sync::Arc;
+
+use crate::config::{SessionConfig, StoreKind};
+
+/// The store a proxy runs with, and the memory store's snapshots when `persist` is on.
+#[derive(Debug)]
+pub struct Opened {
+    pub store: Arc<dyn SessionStore>,
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Opens the store `config` names (connecting to its server, if it has one; loading
+/// the memory store's snapshot, if `persist` is set).
+pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
+    if let (StoreKind::Memory, Some(path)) = (&config.store, &config.persist) {
+        let snapshots = Snapshots {
+            store: Arc::new(MemoryStore::new(config.max_sessions)),
+            path: path.clone(),
+            interval: config.persist_interval,
+        };
+        let expiry = Expiry::new(
+            config.idle_timeout,
+            config.absolute_timeout,
+            config.touch_interval,
+        );
+        let loading = snapshots.clone();
+        tokio::task::spawn_blocking(move || loading.load(expiry))
+            .await
+            .map_err(|e| StoreError::Backend(format!("loading the snapshot failed: {e}")))?;
+        return Ok(Opened {
+            store: snapshots.store.clone(),
+            snapshots: Some(snapshots),
+        });
+    }
+    let store: Arc<dyn SessionStore> = match &config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
+        StoreKind::Cookie => Arc::new(CookieOnly),
+        StoreKind::Redis(redis) => Arc::new(RedisStore::connect(redis).await?),
+    };
+    Ok(Opened {
+        store,
+        snapshots: None,
+    })
+}
 
 /// What the admin API lists about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,38 +168,5 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// would end in a 503 at commit gets it before reaching the upstream.
     fn known_down(&self) -> bool {
         false
-    }
-}
-
-/// Opens the store `config` chooses (one arm per [`StoreKind`]). Runs at start-up.
-pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
-    match &config.store {
-        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(config.max_sessions))),
-        StoreKind::Redis(redis) => {
-            let ca = match &redis.ca {
-                Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
-                    StoreError::Backend(format!(
-                        "cannot read session.redis.ca \"{}\": {e}",
-                        path.display()
-                    ))
-                })?),
-                None => None,
-            };
-            let store = RedisStore::open(redis, ca)?;
-            // Not fatal: the proxy starts (not ready) and connects once Redis answers.
-            match tokio::time::timeout(self::redis::START_PROBE, store.ping()).await {
-                Ok(Ok(())) => tracing::info!("redis session store answers"),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "redis does not answer yet; session routes answer 503 until it does")
-                }
-                Err(_) => tracing::warn!(
-                    "redis does not answer yet; session routes answer 503 until it does"
-                ),
-            }
-            Ok(Arc::new(store))
-        }
-        StoreKind::Cookie => Err(StoreError::Unsupported(
-            "the cookie store is not available in this version yet",
-        )),
     }
 }

@@ -122,6 +122,34 @@ impl RedisStore {
         })
     }
 
+    /// Opens the store for `config` at start-up: reads the CA file, sets up the
+    /// connection and checks that Redis answers. Redis being down is not fatal (a
+    /// warning): the proxy starts, `/readyz` says not ready, and session routes serve
+    /// once Redis answers.
+    pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+        let ca = match &config.ca {
+            Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot read session.redis.ca \"{}\": {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let store = RedisStore::open(config, ca)?;
+        match tokio::time::timeout(START_PROBE, store.ping()).await {
+            Ok(Ok(())) => tracing::info!("redis session store answers"),
+            Ok(Err(error)) => tracing::warn!(
+                %error,
+                "redis does not answer yet; session routes answer 503 until it does"
+            ),
+            Err(_) => {
+                tracing::warn!("redis does not answer yet; session routes answer 503 until it does")
+            }
+        }
+        Ok(store)
+    }
+
     /// Stores `session` under `token`: `NX` (a new session) or `XX` (only if it still
     /// exists); adds it to its user's index. Returns whether it was written.
     async fn write(
@@ -456,4 +484,4 @@ impl SessionStore for RedisStore {
 }
 
 /// How long `ping` may take at start before the proxy says Redis is not there yet.
-pub const START_PROBE: Duration = Duration::from_secs(2);
+const START_PROBE: Duration = Duration::from_secs(2);
