@@ -39,13 +39,21 @@ fn tag(first: [u8; 2], out: &mut String) {
     out.push('}');
 }
 
-/// `{abcd}H` for `token`: what the public-id mapping and the user index hold.
-pub(super) fn session_ref(token: &Token) -> String {
+/// Appends `{abcd}H` for `token` to `out`.
+fn write_ref(token: &Token, out: &mut String) {
     let digest = ring::digest::digest(&ring::digest::SHA256, &token.0);
     let hash = digest.as_ref().get(..HASH_BYTES).unwrap_or_default();
-    let mut out = String::with_capacity(6 + 24);
-    tag([token.0[0], token.0[1]], &mut out);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(hash, &mut out);
+    tag([token.0[0], token.0[1]], out);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode_string(hash, out);
+}
+
+/// Length of a ref: `{abcd}` and 24 base64 characters.
+const REF_LEN: usize = 6 + 24;
+
+/// `{abcd}H` for `token`: what the public-id mapping and the user index hold.
+pub(super) fn session_ref(token: &Token) -> String {
+    let mut out = String::with_capacity(REF_LEN);
+    write_ref(token, &mut out);
     out
 }
 
@@ -71,6 +79,15 @@ impl Keys {
         key.push_str(&self.prefix);
         key.push_str("s:");
         key.push_str(reference);
+        key
+    }
+
+    /// The record key of `token`'s session (one allocation: the per-request lookup).
+    pub(super) fn session_key(&self, token: &Token) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 2 + REF_LEN);
+        key.push_str(&self.prefix);
+        key.push_str("s:");
+        write_ref(token, &mut key);
         key
     }
 
@@ -126,6 +143,7 @@ mod tests {
         let (session, reference) = keys.session(&token);
         assert!(session.starts_with("cr:s:{ab01}"), "{session}");
         assert_eq!(session, format!("cr:s:{reference}"));
+        assert_eq!(keys.session_key(&token), session);
         assert!(keys.public(&public).starts_with("cr:p:{ab01}"));
         // A regeneration draws another token with the same tag.
         let again = draw_token(&public).unwrap();

@@ -279,7 +279,7 @@ impl SessionStore for RedisStore {
         now: u64,
         expiry: Expiry,
     ) -> Result<Option<Session>, StoreError> {
-        let (key, _) = self.keys.session(token);
+        let key = self.keys.session_key(token);
         let value: Option<Vec<u8>> = self.conn.query(redis::cmd("GET").arg(&key)).await?;
         let Some(mut session) = decode(value.as_deref()) else {
             return Ok(None);
@@ -333,7 +333,7 @@ impl SessionStore for RedisStore {
         session: &Session,
         expiry: Expiry,
     ) -> Result<Token, StoreError> {
-        let (old_key, _) = self.keys.session(old);
+        let old_key = self.keys.session_key(old);
         for _ in 0..4 {
             let token = keys::draw_token(&session.public_id)?;
             let (key, reference) = self.keys.session(&token);
