@@ -11,6 +11,7 @@
 #
 #   bench/stores.sh                  # 10 s runs
 #   DURATION=5 bench/stores.sh
+#   SKIP_BUILD=1 bench/stores.sh     # use the release build already in target/
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -82,8 +83,10 @@ for port in $UP1 $UP2 $PORT $REDIS_PORT; do
   port_free "$port" || die "port $port is in use"
 done
 
-log "cargo build --release"
-cargo build --release --quiet --bin cloakroom --example redis_session_memory
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release"
+  cargo build --release --quiet --bin cloakroom --example redis_session_memory
+fi
 BIN=$ROOT/target/release/cloakroom
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \

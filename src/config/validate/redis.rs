@@ -91,4 +91,21 @@ mod tests {
         let problem = url_problem("redis://:hunter2@host:notaport", &SCHEMES).unwrap();
         assert!(!problem.contains("hunter2"), "{problem}");
     }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let config = RedisConfig {
+            url: "rediss://app:hunter2@cache:6380/0".into(),
+            prefix: "cr:".into(),
+            timeout: std::time::Duration::from_millis(250),
+            urls: vec!["redis://:swordfish@10.0.0.1:7000".into()],
+            ca: None,
+        };
+        let text = format!("{config:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
+        assert!(text.contains("rediss://<redacted>@cache:6380/0"), "{text}");
+    }
 }

@@ -374,10 +374,15 @@ impl SessionStore for RedisStore {
         let value: Option<Vec<u8>> = self.conn.query(redis::cmd("GET").arg(&key)).await?;
         match decode(value.as_deref()) {
             Some(session) => {
-                self.destroy_ref(&reference, &session.public_id).await?;
-                if let Some(user) = session.user() {
-                    self.unindex(user, &[&reference]).await;
-                }
+                // The index is trimmed in the same round trip.
+                let unindex = async {
+                    if let Some(user) = session.user() {
+                        self.unindex(user, &[&reference]).await;
+                    }
+                };
+                join(self.destroy_ref(&reference, &session.public_id), unindex)
+                    .await
+                    .0?;
             }
             // Unknown, or not a record this version reads: make sure it is gone.
             None if value.is_some() => {
