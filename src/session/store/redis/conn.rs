@@ -3,6 +3,12 @@
 //! (which follows slot moves and reconnects by itself), TLS through rustls for
 //! `rediss://`, and every command bounded by `session.redis.timeout`.
 //!
+//! Each thread that runs store calls gets its own connection, made on first use from
+//! that thread's runtime: the proxy's workers each run an event loop of their own, and a
+//! connection driven by the worker that uses it costs no cross-thread wake-up per
+//! command (measured: a shared connection on the main thread cost about 20 µs of CPU
+//! per request more).
+//!
 //! It also keeps a cheap "known down" flag: raised by any failed command, lowered by any
 //! answered one, so the request path can refuse a new session before it forwards the
 //! request (see `SessionStore::known_down`).
@@ -10,6 +16,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -26,9 +33,30 @@ enum Link {
     Cluster(ClusterConnection),
 }
 
-/// A bounded, self-healing connection to Redis.
+/// How to make a [`Link`] (clients are cheap to clone and hold no connection).
+enum Factory {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(redis::cluster::ClusterClient, redis::cluster::ClusterConfig),
+}
+
+impl Factory {
+    /// A new link, connecting lazily, driven by the current runtime.
+    fn make(&self) -> Result<Link, RedisError> {
+        Ok(match self {
+            Factory::Single(client, config) => Link::Single(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            ),
+            Factory::Cluster(client, config) => {
+                Link::Cluster(client.get_pending_async_connection_with_config(config.clone()))
+            }
+        })
+    }
+}
+
+/// A bounded, self-healing connection to Redis (one per thread that uses it).
 pub(super) struct Connection {
-    link: Link,
+    factory: Factory,
+    links: DashMap<std::thread::ThreadId, Link>,
     timeout: Duration,
     down: AtomicBool,
 }
@@ -39,11 +67,12 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field(
                 "mode",
-                &match self.link {
-                    Link::Single(_) => "standalone",
-                    Link::Cluster(_) => "cluster",
+                &match self.factory {
+                    Factory::Single(..) => "standalone",
+                    Factory::Cluster(..) => "cluster",
                 },
             )
+            .field("links", &self.links.len())
             .field("timeout", &self.timeout)
             .field("down", &self.down.load(Ordering::Relaxed))
             .finish()
@@ -83,7 +112,7 @@ impl Connection {
             client_tls: None,
             root_cert: ca.clone(),
         };
-        let link = if config.urls.is_empty() {
+        let factory = if config.urls.is_empty() {
             let client = if ca.is_some() {
                 redis::Client::build_with_tls(config.url.as_str(), tls())
             } else {
@@ -98,7 +127,7 @@ impl Connection {
                 .set_number_of_retries(3)
                 .set_min_delay(Duration::from_millis(50))
                 .set_max_delay(Duration::from_millis(500));
-            Link::Single(ConnectionManager::new_lazy_with_config(client, manager).map_err(setup)?)
+            Factory::Single(client, manager)
         } else {
             let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
                 .connection_timeout(connect)
@@ -113,10 +142,11 @@ impl Connection {
             let cluster = redis::cluster::ClusterConfig::new()
                 .set_connection_timeout(connect)
                 .set_response_timeout(timeout);
-            Link::Cluster(client.get_pending_async_connection_with_config(cluster))
+            Factory::Cluster(client, cluster)
         };
         Ok(Connection {
-            link,
+            factory,
+            links: DashMap::new(),
             timeout,
             down: AtomicBool::new(false),
         })
@@ -130,6 +160,17 @@ impl Connection {
     /// Whether the last command failed (Redis down, refusing or hung).
     pub(super) fn known_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// This thread's link, made on its first call (so driven by this thread's runtime).
+    fn link(&self) -> Result<Link, RedisError> {
+        let thread = std::thread::current().id();
+        if let Some(link) = self.links.get(&thread) {
+            return Ok(link.clone());
+        }
+        let link = self.factory.make()?;
+        self.links.insert(thread, link.clone());
+        Ok(link)
     }
 
     /// Records how a command ended.
@@ -156,9 +197,10 @@ impl Connection {
 
     /// Runs one command.
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let result = match self.link.clone() {
-            Link::Single(mut c) => cmd.query_async(&mut c).await,
-            Link::Cluster(mut c) => cmd.query_async(&mut c).await,
+        let result = match self.link() {
+            Ok(Link::Single(mut c)) => cmd.query_async(&mut c).await,
+            Ok(Link::Cluster(mut c)) => cmd.query_async(&mut c).await,
+            Err(error) => Err(error),
         };
         self.settle(result)
     }
@@ -168,9 +210,10 @@ impl Connection {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let result = match self.link.clone() {
-            Link::Single(mut c) => invocation.invoke_async(&mut c).await,
-            Link::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+        let result = match self.link() {
+            Ok(Link::Single(mut c)) => invocation.invoke_async(&mut c).await,
+            Ok(Link::Cluster(mut c)) => invocation.invoke_async(&mut c).await,
+            Err(error) => Err(error),
         };
         self.settle(result)
     }
@@ -178,7 +221,7 @@ impl Connection {
     /// The addresses of the Cluster's primaries (`None` for a standalone server), for
     /// commands that must visit every node (`SCAN`).
     pub(super) async fn primaries(&self) -> Result<Option<Vec<(String, u16)>>, StoreError> {
-        let Link::Cluster(_) = &self.link else {
+        let Factory::Cluster(..) = &self.factory else {
             return Ok(None);
         };
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
@@ -194,9 +237,10 @@ impl Connection {
         port: u16,
     ) -> Result<T, StoreError> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        let result = match self.link.clone() {
-            Link::Single(mut c) => cmd.query_async(&mut c).await,
-            Link::Cluster(mut c) => {
+        let result = match self.link() {
+            Err(error) => Err(error),
+            Ok(Link::Single(mut c)) => cmd.query_async(&mut c).await,
+            Ok(Link::Cluster(mut c)) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.to_owned(),
                     port,
