@@ -569,6 +569,28 @@ async fn cookie_store() -> StoreUnderTest {
     StoreUnderTest::cookie()
 }
 
+/// The Redis store on its own `redis-server` (ephemeral port, no persistence); a
+/// restart is a new store (a new proxy) on the same server.
+async fn redis_store() -> StoreUnderTest {
+    let server = common::redis::RedisServer::start().await;
+    let config = cloakroom::config::RedisConfig {
+        url: server.url(),
+        prefix: "conformance:".into(),
+        timeout: Duration::from_secs(1),
+        urls: Vec::new(),
+        ca: None,
+    };
+    let store = cloakroom::session::RedisStore::open(&config, None).unwrap();
+    StoreUnderTest::server(Arc::new(store), Box::new(server)).with_restart(move || {
+        let config = config.clone();
+        Box::pin(async move {
+            Arc::new(cloakroom::session::RedisStore::open(&config, None).unwrap())
+                as Arc<dyn SessionStore>
+        })
+    })
+}
+
 conformance!(memory, memory_store);
 conformance!(memory_persist, persisted_memory_store);
 conformance!(cookie, cookie_store);
+conformance!(redis, redis_store);

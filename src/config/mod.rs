@@ -149,13 +149,40 @@ pub enum StoreKind {
 }
 
 /// `[session.redis]`
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS); may hold a password, so `Debug` hides it.
     pub url: String,
     pub prefix: String,
     /// Deadline of one store operation (default 250 ms); past it a session route
     /// answers 503.
     pub timeout: Duration,
+    /// Redis Cluster seed nodes (`urls`); non-empty = Cluster mode, `url` unused.
+    pub urls: Vec<String>,
+    /// PEM authorities for `rediss://` (`ca`); `None` = the system's.
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |url: &str| match url.split_once('@') {
+            Some((scheme_auth, rest)) => {
+                let scheme = scheme_auth.split("://").next().unwrap_or_default();
+                format!("{scheme}://<redacted>@{rest}")
+            }
+            None => url.to_owned(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &hide(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| hide(u)).collect::<Vec<_>>(),
+            )
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 /// A secret value whose `Debug` never shows it.

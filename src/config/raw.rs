@@ -328,6 +328,13 @@ pub(super) struct RawRedis {
     pub(super) prefix: String,
     #[serde(default = "default_redis_timeout")]
     pub(super) timeout: String,
+    /// Redis Cluster seed nodes; non-empty = Cluster mode (instead of `url`).
+    #[serde(default)]
+    pub(super) urls: Vec<String>,
+    /// PEM file of the authorities a `rediss://` server's certificate may chain to;
+    /// `""` = the system's.
+    #[serde(default)]
+    pub(super) ca: String,
 }
 
 impl Default for RawRedis {
@@ -336,6 +343,8 @@ impl Default for RawRedis {
             url: default_redis_url(),
             prefix: default_redis_prefix(),
             timeout: default_redis_timeout(),
+            urls: Vec::new(),
+            ca: String::new(),
         }
     }
 }

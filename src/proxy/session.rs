@@ -122,6 +122,11 @@ pub(crate) async fn find(
             });
         }
     }
+    // A new session is stored only at commit, after the upstream answered: while the
+    // store is known to be down, check it now and answer 503 before forwarding.
+    if state.store.known_down() {
+        store_call(rt, StoreOp::Load, state.store.ping()).await?;
+    }
     let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
     Ok(SessionCtx {
         handle: Handle::New,

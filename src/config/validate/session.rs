@@ -3,8 +3,8 @@
 //!
 //! Part of the `Validator` in `validate.rs`, split out by concern. No IO.
 
-use super::super::raw::{RawRedis, RawSameSite, RawSession, RawStore};
-use super::super::{RedisConfig, SameSite, Secret, SessionConfig, StoreKind};
+use super::super::raw::{RawSameSite, RawSession, RawStore};
+use super::super::{SameSite, Secret, SessionConfig, StoreKind};
 use super::checks::cookie_name;
 use super::Validator;
 
@@ -155,25 +155,5 @@ impl Validator<'_> {
                 Some(Secret(secret.clone().into_bytes()))
             })
             .collect()
-    }
-
-    /// Always returns the settings so the other session rules still run; a bad URL is
-    /// recorded as an error, so the config as a whole is rejected.
-    fn redis(&mut self, raw: &RawRedis) -> RedisConfig {
-        let schemes = ["redis://", "rediss://", "redis+unix://", "unix://"];
-        if !schemes.iter().any(|s| raw.url.starts_with(s)) {
-            self.error(
-                "session.redis.url",
-                "must start with redis://, rediss://, redis+unix:// or unix://, \
-                 like \"redis://127.0.0.1:6379/0\"",
-            );
-        }
-        RedisConfig {
-            url: raw.url.clone(),
-            prefix: raw.prefix.clone(),
-            timeout: self
-                .duration("session.redis.timeout", &raw.timeout)
-                .unwrap_or(std::time::Duration::from_millis(250)),
-        }
     }
 }

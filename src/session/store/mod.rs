@@ -12,10 +12,12 @@
 
 pub mod memory;
 pub mod persist;
+pub mod redis;
 pub mod sealed;
 
 use super::{Expiry, PublicId, Session, Token};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
 pub use sealed::{CookieOnly, SealError, SealedCodec};
@@ -57,11 +59,7 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
     let store: Arc<dyn SessionStore> = match &config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
         StoreKind::Cookie => Arc::new(CookieOnly),
-        StoreKind::Redis(_) => {
-            return Err(StoreError::Unsupported(
-                "store = \"redis\" is not available in this build",
-            ))
-        }
+        StoreKind::Redis(redis) => Arc::new(RedisStore::connect(redis).await?),
     };
     Ok(Opened {
         store,
@@ -162,5 +160,13 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// sessions the engine does not expire by itself. Returns how many were removed.
     async fn sweep(&self, _now: u64, _expiry: Expiry) -> Result<usize, StoreError> {
         Ok(0)
+    }
+
+    /// Whether the store's last operation failed (its server down, refusing or hung):
+    /// an atomic load, cheap enough for every request. The request path then checks
+    /// with [`SessionStore::ping`] before it starts a new session, so a request that
+    /// would end in a 503 at commit gets it before reaching the upstream.
+    fn known_down(&self) -> bool {
+        false
     }
 }

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Session stores compared: the same cloakroom job (bench/compare.sh's: TLS, keep-alive,
+# sticky affinity from the session cookie sent on every request, a session lookup and
+# X-Session-Id injection per request, no access log, `workers = 1`) with the memory
+# store and with the Redis store (a local redis-server, no persistence). Prints
+# requests/s and CPU per request of the proxy (and of Redis) for each, as ratios to the
+# memory store, then Redis memory per session at 100 000 sessions (INFO used_memory).
+#
+# Only 127.0.0.1, bounded in time (2 × (WARMUP + DURATION) s of load plus the build),
+# cleans up every process it started. Writes bench/results/stores.md.
+#
+#   bench/stores.sh                  # 10 s runs
+#   DURATION=5 bench/stores.sh
+#   SKIP_BUILD=1 bench/stores.sh     # use the release build already in target/
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BENCH=$ROOT/bench
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+UP1=19431
+UP2=19432
+PORT=19433
+REDIS_PORT=19434
+SECRET=stores-bench-secret-0123456789abcdef0123
+
+log() { printf 'stores [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+export PATH=$PATH:/usr/sbin:/sbin
+
+TMP=$(mktemp -d /tmp/cloakroom-stores.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  local port=$1 pid=$2 i
+  for i in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+cpu_ticks() {
+  local fields
+  fields=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  awk '{print $12 + $13}' <<<"$fields"
+}
+for port in $UP1 $UP2 $PORT $REDIS_PORT; do
+  port_free "$port" || die "port $port is in use"
+done
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release"
+  cargo build --release --quiet --bin cloakroom --example redis_session_memory
+fi
+BIN=$ROOT/target/release/cloakroom
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+  -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
+sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" \
+  "$BENCH/upstream.nginx.conf" >"$TMP/upstream.conf"
+nginx -e "$TMP/upstream-error.log" -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' \
+  >"$TMP/upstream.out" 2>&1 &
+PIDS+=($!)
+wait_port "$UP1" "$!" || die "upstream did not start"
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$TMP" --logfile "$TMP/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start"
+
+CLK_TCK=$(getconf CLK_TCK)
+ROWS=()
+declare -A RPS_OF CPU_OF
+
+# bench_store NAME STORE_TOML
+bench_store() {
+  local name=$1 store=$2 pid cookie out line before after rbefore rafter
+  sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$PORT|g" \
+    "$BENCH/cloakroom.toml" | sed -E "s|^(https = .*)$|\\1\\nworkers = 1|" >"$TMP/c-$name.toml"
+  printf '\n[session]\nsecret = "%s"\n%b\n' "$SECRET" "$store" >>"$TMP/c-$name.toml"
+  RUST_LOG=warn "$BIN" -c "$TMP/c-$name.toml" >"$TMP/c-$name.out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_port "$PORT" "$pid" || { cat "$TMP/c-$name.out" >&2; die "cloakroom ($name) did not start"; }
+  cookie=$(curl -sk --max-time 5 -o /dev/null -D - "https://127.0.0.1:$PORT/" | tr -d '\r' |
+    awk 'tolower($1) == "set-cookie:" { print $2; exit }' | cut -d';' -f1)
+  [ -n "$cookie" ] || die "$name set no cookie"
+  timeout $((WARMUP + 10)) wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Cookie: $cookie" \
+    "https://127.0.0.1:$PORT/" >/dev/null
+  before=$(cpu_ticks "$pid")
+  rbefore=$(cpu_ticks "$REDIS_PID")
+  out=$(timeout $((DURATION + 15)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+    -s "$BENCH/report.lua" -H "Cookie: $cookie" "https://127.0.0.1:$PORT/")
+  after=$(cpu_ticks "$pid")
+  rafter=$(cpu_ticks "$REDIS_PID")
+  line=$(grep '^WRK ' <<<"$out") || die "no wrk summary: $out"
+  # shellcheck disable=SC2046
+  eval $(sed 's/^WRK //' <<<"$line")
+  local errs=$((status_errors + socket_errors))
+  local rps cpu rcpu
+  rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+  cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
+  rcpu=$(awk -v t=$((rafter - rbefore)) -v hz="$CLK_TCK" -v r="$requests" 'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
+  RPS_OF[$name]=$rps
+  CPU_OF[$name]=$cpu
+  ROWS+=("$name|$rps|$(awk -v u="$p99_us" 'BEGIN { printf "%.2f", u / 1000 }')|$cpu|$rcpu|$errs|$requests")
+  log "$name: $rps req/s, $cpu CPU µs/req (redis $rcpu), $errs errors"
+  stop_pid "$pid"
+}
+
+bench_store memory 'store = "memory"'
+bench_store redis "store = \"redis\"\n[session.redis]\nurl = \"redis://127.0.0.1:$REDIS_PORT/0\""
+
+log "redis memory per session"
+MEMORY=$(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" "$ROOT/target/release/examples/redis_session_memory")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+REPORT=$TMP/stores.md
+{
+  echo "# cloakroom session stores: memory vs Redis"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), cloakroom $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(redis-server --version | awk '{print $1, $3}'), $(nproc) cores."
+  echo
+  echo "Job: bench/compare.sh's sticky keep-alive job (TLS, session route, cookie on every request),"
+  echo "\`workers = 1\`, \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\` after ${WARMUP}s warm-up. Redis: local, no persistence;"
+  echo "a request of a known session is one GET (its use is written back at most once per touch_interval)."
+  echo
+  echo "| store | req/s | p99 ms | proxy CPU µs/req | redis CPU µs/req | errors | requests |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for row in "${ROWS[@]}"; do
+    IFS='|' read -r n rps p99 cpu rcpu errs reqs <<<"$row"
+    echo "| $n | $rps | $p99 | $cpu | $rcpu | $errs | $reqs |"
+  done
+  echo
+  echo "Redis ÷ memory: throughput **$(ratio "${RPS_OF[redis]}" "${RPS_OF[memory]}")×**, proxy CPU per request **$(ratio "${CPU_OF[redis]}" "${CPU_OF[memory]}")×**."
+  echo
+  echo "Redis memory: $MEMORY."
+} >"$REPORT"
+mkdir -p "$BENCH/results"
+cp "$REPORT" "$BENCH/results/stores.md"
+cat "$REPORT"
