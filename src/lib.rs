@@ -137,7 +137,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
-    let state = AppState::new(config, certs)?;
+    let store = session::store::open(&config.session).await?;
+    let state = AppState::new(config, certs, store)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = Arc::new(AtomicUsize::new(0));

@@ -45,6 +45,14 @@ struct Cli {
 enum Command {
     /// Validate the configuration (and that its certificates load); exit 0 or 2.
     Check,
+    /// Print the SQL that creates the PostgreSQL session table (for DBAs who apply
+    /// the schema themselves); the table is `session.postgres.table` of the config,
+    /// or `--table`.
+    Schema {
+        /// The table (`table` or `schema.table`); without it the config's is used.
+        #[arg(long)]
+        table: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +60,7 @@ fn main() -> ExitCode {
     let log = init_tracing();
     match cli.command {
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Schema { table }) => schema(&cli.config, table),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -188,6 +197,41 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `cloakroom schema`: exit 0 with the script on stdout, 2 when there is no valid
+/// table name to make it for.
+fn schema(path: &Path, table: Option<String>) -> ExitCode {
+    let table = match table {
+        Some(table) => table,
+        None => match cloakroom::config::Config::load(path) {
+            Ok(config) => match &config.session.store {
+                cloakroom::config::StoreKind::Postgres(postgres) => postgres.table.clone(),
+                _ => {
+                    eprintln!(
+                        "{}: session.store is not \"postgres\"; pass --table NAME to print \
+                         the schema anyway",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match cloakroom::session::store::postgres::schema_script(&table) {
+        Ok(script) => {
+            print!("{script}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("cloakroom: --table: {message}");
             ExitCode::from(2)
         }
     }

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::router::Router;
-use crate::session::{CookieCodec, Expiry, MemoryStore, SessionStore};
+use crate::session::{CookieCodec, Expiry, SessionStore};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
@@ -60,14 +60,15 @@ pub enum ReloadError {
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
+    /// `store` is the opened session store (`session::store::open`).
     pub fn new(
         config: Config,
         certs: CertTable,
+        store: Arc<dyn SessionStore>,
     ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
-        let store = Arc::new(MemoryStore::new(config.session.max_sessions));
         let runtime = build_runtime(&backends, Arc::new(config), 1, &fallback_secret);
         Ok(Arc::new(AppState {
             runtime: ArcSwap::from_pointee(runtime),
@@ -128,7 +129,7 @@ pub fn load_with_certs(path: &std::path::Path) -> Result<(Config, CertTable), Co
 /// never silently ignored.
 fn check_supported(config: &Config) -> Result<(), ConfigError> {
     let store = match config.session.store {
-        StoreKind::Memory => return Ok(()),
+        StoreKind::Memory | StoreKind::Postgres(_) => return Ok(()),
         StoreKind::Redis(_) => "redis",
         StoreKind::Cookie => "cookie",
     };

@@ -190,6 +190,7 @@ pub(super) enum RawStore {
     Memory,
     Redis,
     Cookie,
+    Postgres,
 }
 
 /// `[session]`
@@ -224,6 +225,8 @@ pub(super) struct RawSession {
     pub(super) persist_interval: String,
     /// Absent = 10 % of `idle_timeout`.
     pub(super) touch_interval: Option<String>,
+    #[serde(default)]
+    pub(super) postgres: RawPostgres,
 }
 
 impl Default for RawSession {
@@ -243,6 +246,7 @@ impl Default for RawSession {
             persist: String::new(),
             persist_interval: default_persist_interval(),
             touch_interval: None,
+            postgres: RawPostgres::default(),
         }
     }
 }
@@ -626,4 +630,45 @@ mod tests {
         let err = toml::from_str::<RawConfig>("[sesion]\n").unwrap_err();
         assert!(err.message().starts_with("unknown field `sesion`"));
     }
+}
+
+/// `[session.postgres]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    #[serde(default = "default_postgres_url")]
+    pub(super) url: String,
+    #[serde(default = "default_postgres_table")]
+    pub(super) table: String,
+    #[serde(default = "default_postgres_pool")]
+    pub(super) pool: u64,
+    #[serde(default = "default_postgres_timeout")]
+    pub(super) timeout: String,
+}
+
+impl Default for RawPostgres {
+    fn default() -> Self {
+        RawPostgres {
+            url: default_postgres_url(),
+            table: default_postgres_table(),
+            pool: default_postgres_pool(),
+            timeout: default_postgres_timeout(),
+        }
+    }
+}
+
+fn default_postgres_url() -> String {
+    "postgres://cloakroom@127.0.0.1:5432/cloakroom".to_owned()
+}
+
+fn default_postgres_table() -> String {
+    "cloakroom_sessions".to_owned()
+}
+
+fn default_postgres_pool() -> u64 {
+    16
+}
+
+fn default_postgres_timeout() -> String {
+    "500ms".to_owned()
 }

@@ -10,6 +10,7 @@
 //! TLS module's job). Nothing else touches the outside world.
 
 mod checks;
+mod postgres;
 mod routing;
 mod session;
 

@@ -68,6 +68,13 @@ pub(crate) async fn find(
             });
         }
     }
+    // A new session is stored after the upstream answered: with the store known
+    // down, refuse now rather than serve the request and then fail it.
+    if !state.store.available() {
+        return Err(ProxyError::Store(StoreError::Backend(
+            "session store unreachable".into(),
+        )));
+    }
     let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
     Ok(SessionCtx {
         token: None,

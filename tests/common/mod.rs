@@ -8,6 +8,8 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;

@@ -11,10 +11,30 @@
 //! runs one suite against every engine.
 
 pub mod memory;
+pub mod postgres;
 
 use super::{Expiry, PublicId, Session, Token};
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
+
+use std::sync::Arc;
+
+use crate::config::{SessionConfig, StoreKind};
+
+/// Opens the store `config` chooses (connecting and preparing a server-side one).
+pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
+    match &config.store {
+        StoreKind::Memory => Ok(Arc::new(MemoryStore::new(config.max_sessions))),
+        StoreKind::Postgres(postgres) => Ok(Arc::new(PostgresStore::open(postgres).await?)),
+        StoreKind::Redis(_) => Err(StoreError::Unsupported(
+            "store = \"redis\" is not built yet",
+        )),
+        StoreKind::Cookie => Err(StoreError::Unsupported(
+            "store = \"cookie\" is not built yet",
+        )),
+    }
+}
 
 /// What the admin API lists about a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +123,14 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// ready.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// Whether the store is believed reachable: a cheap check, no IO. The request path
+    /// asks it before forwarding a request that would start a session, so that while
+    /// a server-side store is known down such a request gets its 503 up front instead
+    /// of being served and then refused. Stores without a server are always available.
+    fn available(&self) -> bool {
+        true
     }
 
     /// Background upkeep, called periodically off the request path: remove expired

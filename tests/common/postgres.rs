@@ -1,0 +1,216 @@
+//! A throwaway PostgreSQL cluster for the store's tests: `initdb` into a temp folder,
+//! `pg_ctl` on an ephemeral port with no fsync, stopped (and its folder removed) on
+//! drop. Run as root (CI), the server runs as the `postgres` system user, since
+//! PostgreSQL refuses to run as root.
+//!
+//! [`PgCluster::shared`] hands the tests of one binary the same cluster while any of
+//! them holds it; each test then uses tables of its own ([`unique_table`]). A test that
+//! stops or restarts the server starts a cluster of its own with [`PgCluster::start`].
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+/// A running throwaway cluster.
+pub struct PgCluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    /// `Some("postgres")` when the server must run as that user (we are root).
+    run_as: Option<String>,
+    pub port: u16,
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "20"]);
+    }
+}
+
+/// The folder of the PostgreSQL binaries (the newest installed version).
+fn bin_dir() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop().unwrap_or_else(|| {
+        panic!("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); apt-get install postgresql")
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind for a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl PgCluster {
+    /// Initialises and starts a new cluster (blocking; a second or two).
+    pub fn start() -> PgCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("cloakroom-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let run_as = is_root().then(|| "postgres".to_string());
+        if let Some(user) = &run_as {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown {user} failed");
+        }
+        let cluster = PgCluster {
+            bin: bin_dir(),
+            run_as,
+            port: free_port(),
+            dir,
+        };
+        let data = cluster.data_dir();
+        let out = cluster
+            .command("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.start_server();
+        cluster
+    }
+
+    /// The cluster the tests of this binary share while any of them holds it.
+    pub fn shared() -> Arc<PgCluster> {
+        static SHARED: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cluster) = slot.upgrade() {
+            return cluster;
+        }
+        let cluster = Arc::new(PgCluster::start());
+        *slot = Arc::downgrade(&cluster);
+        cluster
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        match &self.run_as {
+            Some(user) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", user, "--"]).arg(path);
+                command
+            }
+            None => Command::new(path),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("run pg_ctl")
+    }
+
+    /// Starts the server (again) on its port and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let options = format!(
+            "-F -p {} -k {} -c listen_addresses=127.0.0.1 -c full_page_writes=off \
+             -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o", &options, "start"])
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server (connections are cut; committed data is kept).
+    pub fn stop_server(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "20"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The URL of database `postgres` as the superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The folder of the cluster (its socket and log live there).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client connection for assertions (driven in a task of the current runtime).
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test cluster");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+}
+
+/// A table name no other test of this run uses.
+pub fn unique_table(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
