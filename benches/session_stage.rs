@@ -67,7 +67,7 @@ impl Fixture {
         std::fs::write(dir.path().join("key.pem"), "").unwrap();
         let config = Config::from_str_with_env(&dir.path().join("bench.toml"), CONFIG, &|_| None)
             .expect("the bench config is valid");
-        let codec = CookieCodec::new(&config.session, &[7u8; 32]);
+        let codec = CookieCodec::new(&config.session, &[&[7u8; 32]]);
         let rules = InjectRules::new(&config.inject, &config.control);
         let expiry = Expiry::new(
             config.session.idle_timeout,

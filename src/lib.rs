@@ -137,8 +137,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
-    let store = session::store::open(&config.session).await?;
-    let state = AppState::new(config, certs, store)?;
+    let opened = session::store::open(&config.session).await?;
+    let state = AppState::new(config, certs, opened.store)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = Arc::new(AtomicUsize::new(0));
@@ -180,6 +180,10 @@ pub async fn run(
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
     background.spawn(sweep_sessions(state.clone()));
+    if let Some(snapshots) = opened.snapshots.clone() {
+        let watched = state.clone();
+        background.spawn(snapshots.run(state.stop.clone(), move || watched.runtime().expiry));
+    }
     for warning in &state.runtime().config.warnings {
         tracing::warn!("{warning}");
     }
@@ -228,6 +232,10 @@ pub async fn run(
     })
     .await;
     background.shutdown().await;
+    if let Some(snapshots) = opened.snapshots {
+        // After the last connection: nothing changes the sessions any more.
+        snapshots.save_in_background(state.runtime().expiry).await;
+    }
     Ok(())
 }
 

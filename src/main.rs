@@ -45,6 +45,8 @@ struct Cli {
 enum Command {
     /// Validate the configuration (and that its certificates load); exit 0 or 2.
     Check,
+    /// Print a fresh random `session.secret` (48 bytes from the OS CSPRNG, base64url).
+    Secret,
     /// Print the SQL that creates the PostgreSQL session table (for DBAs who apply
     /// the schema themselves); the table is `session.postgres.table` of the config,
     /// or `--table`.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
     let log = init_tracing();
     match cli.command {
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Secret) => secret(),
         Some(Command::Schema { table }) => schema(&cli.config, table),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -90,6 +93,24 @@ fn main() -> ExitCode {
             });
             log.flush();
             code
+        }
+    }
+}
+
+/// `cloakroom secret`: a value for `session.secret` (or the next one, when rotating).
+fn secret() -> ExitCode {
+    use base64::Engine as _;
+    match cloakroom::session::random_bytes::<48>() {
+        Ok(bytes) => {
+            println!(
+                "{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cloakroom: {error}");
+            ExitCode::from(1)
         }
     }
 }

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
 use crate::inject::InjectRules;
 use crate::router::Router;
+use crate::session::store::SealedCodec;
 use crate::session::{CookieCodec, Expiry, SessionStore};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
@@ -27,8 +28,10 @@ pub struct Runtime {
     pub(crate) router: Router,
     /// Indexed like `config.upstreams`.
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
-    /// Seals and opens the session cookie.
+    /// Finds our cookie, MACs and opens tokens, writes `Set-Cookie`.
     pub(crate) cookie: CookieCodec,
+    /// With `store = "cookie"`: seals the whole session into the cookie's value.
+    pub(crate) sealed: Option<SealedCodec>,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
 }
@@ -131,7 +134,7 @@ fn check_supported(config: &Config) -> Result<(), ConfigError> {
     let store = match config.session.store {
         StoreKind::Memory | StoreKind::Postgres(_) => return Ok(()),
         StoreKind::Redis(_) => "redis",
-        StoreKind::Cookie => "cookie",
+        StoreKind::Cookie => return Ok(()),
     };
     Err(config.error_at(
         "session.store",
@@ -153,16 +156,21 @@ fn build_runtime(
     generation: u64,
     fallback_secret: &[u8; 32],
 ) -> Runtime {
-    let secret = config
+    let current = config
         .session
         .secret
         .as_ref()
         .map_or(&fallback_secret[..], |s| &s.0[..]);
+    let secrets: Vec<&[u8]> = std::iter::once(current)
+        .chain(config.session.previous_secrets.iter().map(|s| &s.0[..]))
+        .collect();
     Runtime {
         generation,
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
-        cookie: CookieCodec::new(&config.session, secret),
+        cookie: CookieCodec::new(&config.session, &secrets),
+        sealed: matches!(config.session.store, StoreKind::Cookie)
+            .then(|| SealedCodec::new(&config.session.cookie, &secrets)),
         expiry: Expiry::new(
             config.session.idle_timeout,
             config.session.absolute_timeout,

@@ -2,6 +2,10 @@
 //! `require_user`, apply the upstream's control headers, and answer
 //! `POST /.cloakroom/logout`.
 //!
+//! Two kinds of store sit behind it: server-side stores (`SessionStore`: memory, Redis,
+//! PostgreSQL), where the cookie carries a MAC'd token, and the cookie store, where the
+//! cookie carries the whole session sealed ([`SealedCodec`]); [`Handle`] says which.
+//!
 //! Fail closed on identity: a cookie that does not verify, or names no live session,
 //! starts a fresh anonymous session; it never yields an identity and never an error.
 //! Every store call runs under the store's timeout (`session.redis.timeout`, …); a
@@ -18,6 +22,7 @@ use super::pipeline::Outcome;
 use super::ProxyError;
 use crate::config::{ControlConfig, RouteConfig};
 use crate::inject::{encode_component, percent_decode, percent_encode_byte};
+use crate::session::store::{SealError, SealedCodec};
 use crate::session::{random_bytes, CookieCache, Identity, PublicId, Session, StoreError, Token};
 use crate::state::{AppState, Runtime};
 
@@ -28,12 +33,23 @@ const MAX_DATA_KEY_BYTES: usize = 64;
 const MAX_DATA_VALUE_BYTES: usize = 1024;
 const MAX_DATA_ENTRIES: usize = 32;
 
+/// Where the request's session is kept.
+#[derive(Debug)]
+pub(crate) enum Handle {
+    /// Started by this request: stored (or sealed) in [`commit`], once its server is
+    /// known, in one write.
+    New,
+    /// Kept by the server-side store under this token.
+    Stored(Token),
+    /// Carried whole in the cookie (`store = "cookie"`); `reseal` when its use is due
+    /// to be recorded (at most once per `touch_interval`).
+    Sealed { reseal: bool },
+}
+
 /// The session of the request being served.
 #[derive(Debug)]
 pub(crate) struct SessionCtx {
-    /// `None` for a session started by this request: it is stored in [`commit`], once
-    /// its server is known, in one write.
-    pub(crate) token: Option<Token>,
+    pub(crate) handle: Handle,
     pub(crate) session: Session,
     /// The session was pinned to another server by this request.
     pub(crate) pin_changed: bool,
@@ -59,10 +75,24 @@ pub(crate) async fn find(
     cache: &CookieCache,
     now: u64,
 ) -> Result<SessionCtx, ProxyError> {
-    if let Some(token) = rt.cookie.find_cached(headers, cache) {
+    if let Some(sealed) = &rt.sealed {
+        if let Some(mut session) = rt.cookie.values(headers).find_map(|v| sealed.open(v)) {
+            if rt.expiry.allows(session.created, session.last_seen, now) {
+                let reseal = rt.expiry.touch_due(session.last_seen, now);
+                if reseal {
+                    session.last_seen = now;
+                }
+                return Ok(SessionCtx {
+                    handle: Handle::Sealed { reseal },
+                    session,
+                    pin_changed: false,
+                });
+            }
+        }
+    } else if let Some(token) = rt.cookie.find_cached(headers, cache) {
         if let Some(session) = store_call(rt, state.store.load(&token, now, rt.expiry)).await? {
             return Ok(SessionCtx {
-                token: Some(token),
+                handle: Handle::Stored(token),
                 session,
                 pin_changed: false,
             });
@@ -77,7 +107,7 @@ pub(crate) async fn find(
     }
     let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
     Ok(SessionCtx {
-        token: None,
+        handle: Handle::New,
         session: Session::new(public_id, now),
         pin_changed: false,
     })
@@ -236,17 +266,23 @@ pub(crate) async fn commit(
     outcome: &mut Outcome,
 ) -> Result<(), ProxyError> {
     let SessionCtx {
-        token,
+        handle,
         mut session,
         pin_changed,
     } = ctx;
     if control.logout {
-        if let Some(token) = &token {
-            store_call(rt, state.store.destroy(token)).await?;
-            outcome.set_cookie = rt.cookie.expire_cookie();
+        match &handle {
+            Handle::Stored(token) => {
+                store_call(rt, state.store.destroy(token)).await?;
+                outcome.set_cookie = rt.cookie.expire_cookie();
+            }
+            Handle::Sealed { .. } => outcome.set_cookie = rt.cookie.expire_cookie(),
+            Handle::New => {}
         }
         return Ok(());
     }
+    // Kept only for the cookie store, which may have to refuse a change that outgrows it.
+    let before = rt.sealed.as_ref().and(session.data.clone());
     let identity_changed = control.set_user.is_some() || control.set_roles.is_some();
     if identity_changed {
         let old = session.identity.as_deref().cloned().unwrap_or_default();
@@ -271,8 +307,15 @@ pub(crate) async fn commit(
         }
         session.data = (!data.is_empty()).then(|| Arc::new(data));
     }
-    match token {
-        None => match store_call(rt, state.store.create(&session, rt.expiry)).await {
+    if let (Some(sealed), Handle::New | Handle::Sealed { .. }) = (&rt.sealed, &handle) {
+        let reseal = matches!(handle, Handle::New | Handle::Sealed { reseal: true });
+        if reseal || identity_changed || data_changed || pin_changed {
+            outcome.set_cookie = reseal_cookie(rt, sealed, &mut session, before);
+        }
+        return Ok(());
+    }
+    match handle {
+        Handle::New => match store_call(rt, state.store.create(&session, rt.expiry)).await {
             Ok(token) => outcome.set_cookie = rt.cookie.set_cookie(&token),
             // Full of sessions that may not be evicted: this request was served, its
             // session is not kept.
@@ -281,16 +324,46 @@ pub(crate) async fn commit(
             }
             Err(error) => return Err(error),
         },
-        Some(token) if identity_changed => {
+        Handle::Stored(token) if identity_changed => {
             let fresh = store_call(rt, state.store.regenerate(&token, &session, rt.expiry)).await?;
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
         }
-        Some(token) if data_changed || pin_changed => {
+        Handle::Stored(token) if data_changed || pin_changed => {
             store_call(rt, state.store.save(&token, &session, rt.expiry)).await?;
         }
-        Some(_) => {}
+        Handle::Stored(_) | Handle::Sealed { .. } => {}
     }
     Ok(())
+}
+
+/// The `Set-Cookie` carrying `session` sealed. A session that would outgrow the cookie
+/// keeps the data it had before this response (the upstream's `set_data` is refused,
+/// with the reason logged), so the browser never gets a cookie it would drop.
+fn reseal_cookie(
+    rt: &Runtime,
+    sealed: &SealedCodec,
+    session: &mut Session,
+    data_before: Option<Arc<Vec<(String, String)>>>,
+) -> Option<HeaderValue> {
+    let value = match sealed.seal(session) {
+        Err(SealError::TooLarge(len)) => {
+            tracing::warn!(
+                bytes = len,
+                public_id = %session.public_id.encode(),
+                "set_data refused: the sealed session would not fit in a cookie"
+            );
+            session.data = data_before;
+            sealed.seal(session)
+        }
+        other => other,
+    };
+    match value {
+        Ok(value) => rt.cookie.set_cookie_value(&value),
+        Err(error) => {
+            tracing::error!(%error, "could not seal the session; the cookie is not updated");
+            None
+        }
+    }
 }
 
 /// A control value as a string within `limit` bytes; empty means "clear".
@@ -356,8 +429,11 @@ pub(crate) async fn logout_endpoint<B>(
         return Ok(response);
     }
     check_csrf(request)?;
-    if let Some(token) = rt.cookie.find(request.headers()) {
-        store_call(rt, state.store.destroy(&token)).await?;
+    // A sealed session has nothing on the server to destroy: expiring the cookie is all.
+    if rt.sealed.is_none() {
+        if let Some(token) = rt.cookie.find(request.headers()) {
+            store_call(rt, state.store.destroy(&token)).await?;
+        }
     }
     outcome.set_cookie = rt.cookie.expire_cookie();
     let next = next_target(request.uri()).unwrap_or_else(|| "/".to_string());

@@ -5,6 +5,10 @@
 //! domain-separation label, the cookie name and the token under `session.secret`. A
 //! forged, truncated or re-labelled value fails here, before any store lookup, and
 //! means "no session", never an error.
+//!
+//! Rotation: values are made under `session.secret` and accepted under it or any of
+//! `session.previous_secrets` (tried in order, the current one first, so only a cookie
+//! from before the rotation costs a second MAC).
 
 use base64::Engine as _;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -27,7 +31,8 @@ pub struct CookieCodec {
     /// generation, maybe another secret) is never trusted.
     epoch: u64,
     name: String,
-    key: hmac::Key,
+    /// `[current, previous…]`: seal with the first, open with any.
+    keys: Vec<hmac::Key>,
     /// `; Path=/; Secure; HttpOnly; SameSite=Lax[; Max-Age=N]`, written once.
     attributes: String,
     /// The attributes with `Max-Age=0`, for expiring the cookie.
@@ -35,8 +40,9 @@ pub struct CookieCodec {
 }
 
 impl CookieCodec {
-    /// A codec for `config` with the MAC key `secret`.
-    pub fn new(config: &SessionConfig, secret: &[u8]) -> CookieCodec {
+    /// A codec for `config` that seals with `secrets[0]` and opens with any of
+    /// `secrets` (the current secret, then the previous ones).
+    pub fn new(config: &SessionConfig, secrets: &[&[u8]]) -> CookieCodec {
         let same_site = match config.same_site {
             SameSite::Strict => "Strict",
             SameSite::Lax => "Lax",
@@ -53,7 +59,10 @@ impl CookieCodec {
         CookieCodec {
             epoch,
             name: config.cookie.clone(),
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            keys: secrets
+                .iter()
+                .map(|secret| hmac::Key::new(hmac::HMAC_SHA256, secret))
+                .collect(),
             attributes,
             expire_attributes: format!("{base}; Max-Age=0"),
         }
@@ -64,16 +73,16 @@ impl CookieCodec {
         &self.name
     }
 
-    fn tag(&self, token: &Token) -> hmac::Tag {
-        hmac::sign(&self.key, &signed_message(&self.name, token))
-    }
-
     /// The cookie value carrying `token`.
     pub fn seal(&self, token: &Token) -> String {
         let mut raw = [0u8; RAW_LEN];
         raw[0] = VERSION;
         raw[1..33].copy_from_slice(&token.0);
-        raw[33..].copy_from_slice(self.tag(token).as_ref());
+        // A codec always has its current key; without one the value carries a zero
+        // tag, which no key verifies.
+        if let Some(key) = self.keys.first() {
+            raw[33..].copy_from_slice(hmac::sign(key, &signed_message(&self.name, token)).as_ref());
+        }
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
     }
 
@@ -90,9 +99,12 @@ impl CookieCodec {
             return None;
         }
         let token = Token(raw[1..33].try_into().ok()?);
+        let message = signed_message(&self.name, &token);
         // `hmac::verify` compares the tag in constant time.
-        hmac::verify(&self.key, &signed_message(&self.name, &token), &raw[33..]).ok()?;
-        Some(token)
+        self.keys
+            .iter()
+            .any(|key| hmac::verify(key, &message, &raw[33..]).is_ok())
+            .then_some(token)
     }
 
     /// True when a `name=value` pair of a `Cookie` header is ours.
@@ -105,11 +117,14 @@ impl CookieCodec {
     /// The token of the first authentic cookie of ours among all `Cookie` headers
     /// (HTTP/2 may send one header per cookie; browsers may send duplicates).
     pub fn find(&self, headers: &HeaderMap) -> Option<Token> {
-        self.our_values(headers).find_map(|value| self.open(value))
+        self.values(headers).find_map(|value| self.open(value))
     }
 
     /// The values of every cookie of ours, in order, across all `Cookie` headers.
-    fn our_values<'h>(&'h self, headers: &'h HeaderMap) -> impl Iterator<Item = &'h str> + 'h {
+    pub(crate) fn values<'h>(
+        &'h self,
+        headers: &'h HeaderMap,
+    ) -> impl Iterator<Item = &'h str> + 'h {
         headers
             .get_all(header::COOKIE)
             .iter()
@@ -124,7 +139,7 @@ impl CookieCodec {
     /// a keep-alive connection sends the same cookie on every request, and a
     /// byte-identical value verified under this codec need not be verified again.
     pub fn find_cached(&self, headers: &HeaderMap, cache: &CookieCache) -> Option<Token> {
-        self.our_values(headers).find_map(|value| {
+        self.values(headers).find_map(|value| {
             if let Some(token) = cache.get(self.epoch, value) {
                 return Some(token);
             }
@@ -136,12 +151,16 @@ impl CookieCodec {
 
     /// `Set-Cookie` for `token`.
     pub fn set_cookie(&self, token: &Token) -> Option<HeaderValue> {
-        let value = self.seal(token);
+        self.set_cookie_value(&self.seal(token))
+    }
+
+    /// `Set-Cookie` for an already sealed `value`.
+    pub fn set_cookie_value(&self, value: &str) -> Option<HeaderValue> {
         let mut text =
             String::with_capacity(self.name.len() + 1 + value.len() + self.attributes.len());
         text.push_str(&self.name);
         text.push('=');
-        text.push_str(&value);
+        text.push_str(value);
         text.push_str(&self.attributes);
         HeaderValue::from_str(&text).ok()
     }
@@ -219,7 +238,7 @@ mod tests {
     }
 
     fn codec() -> CookieCodec {
-        CookieCodec::new(&config(false, SameSite::Lax), &[7u8; 32])
+        CookieCodec::new(&config(false, SameSite::Lax), &[&[7u8; 32]])
     }
 
     #[test]
@@ -243,11 +262,24 @@ mod tests {
         assert_eq!(c.open("garbage"), None);
         assert_eq!(c.open(&"A".repeat(ENCODED_LEN)), None);
         // Another secret, or the same secret under another cookie name, does not open it.
-        let other_key = CookieCodec::new(&config(false, SameSite::Lax), &[8u8; 32]);
+        let other_key = CookieCodec::new(&config(false, SameSite::Lax), &[&[8u8; 32]]);
         assert_eq!(other_key.open(&value), None);
         let mut renamed = config(false, SameSite::Lax);
         renamed.cookie = "__Host-other".into();
-        assert_eq!(CookieCodec::new(&renamed, &[7u8; 32]).open(&value), None);
+        assert_eq!(CookieCodec::new(&renamed, &[&[7u8; 32]]).open(&value), None);
+    }
+
+    #[test]
+    fn previous_secrets_open_but_never_seal() {
+        let old = CookieCodec::new(&config(false, SameSite::Lax), &[&[1u8; 32]]);
+        let value = old.seal(&Token([9u8; 32]));
+        let rotated = CookieCodec::new(&config(false, SameSite::Lax), &[&[2u8; 32], &[1u8; 32]]);
+        assert_eq!(rotated.open(&value), Some(Token([9u8; 32])));
+        let fresh = rotated.seal(&Token([9u8; 32]));
+        assert_ne!(fresh, value, "new values use the current secret");
+        assert_eq!(old.open(&fresh), None);
+        let retired = CookieCodec::new(&config(false, SameSite::Lax), &[&[2u8; 32]]);
+        assert_eq!(retired.open(&value), None, "a dropped secret opens nothing");
     }
 
     #[test]
@@ -293,7 +325,7 @@ mod tests {
         );
         assert_eq!(c.find_cached(&headers, &cache), None);
         // Another codec (a reload with another secret) does not trust the cache.
-        let other = CookieCodec::new(&config(false, SameSite::Lax), &[9u8; 32]);
+        let other = CookieCodec::new(&config(false, SameSite::Lax), &[&[9u8; 32]]);
         headers.insert(
             header::COOKIE,
             HeaderValue::from_str(&format!("__Host-cr={good}")).unwrap(),
@@ -312,7 +344,7 @@ mod tests {
             "{v}"
         );
         assert!(!v.contains("Domain"));
-        let p = CookieCodec::new(&config(true, SameSite::Strict), &[7u8; 32]);
+        let p = CookieCodec::new(&config(true, SameSite::Strict), &[&[7u8; 32]]);
         let v = p.set_cookie(&Token([0u8; 32])).unwrap();
         assert!(v
             .to_str()

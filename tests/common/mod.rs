@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod scripted;
 
 use std::convert::Infallible;
 use std::future::Future;
