@@ -95,6 +95,83 @@ fn split_root_cert(url: &str) -> Result<(String, Option<String>), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError, StoreKind};
+
+    /// Parses a config with `[tls]` files present, one route, and `session`.
+    fn parse(session: &str) -> Result<Config, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(name), "PEM").unwrap();
+        }
+        let text = format!(
+            "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n[upstreams.app]\n\
+             servers = [\"127.0.0.1:9001\"]\n\n[[routes]]\nupstream = \"app\"\n\n{session}\n"
+        );
+        let env = |name: &str| (name == "PGPASSWORD").then(|| "s3cret-pw".to_owned());
+        Config::from_str_with_env(&dir.path().join("proxy.toml"), &text, &env).map_err(|e| e.0)
+    }
+
+    const SESSION: &str = "[session]\nstore = \"postgres\"\n\
+                           secret = \"0123456789abcdef0123456789abcdef-pg\"\n";
+
+    #[test]
+    fn postgres_store_gets_defaults_and_expands_the_password() {
+        let config = parse(&format!(
+            "{SESSION}[session.postgres]\n\
+             url = \"postgres://app:${{PGPASSWORD}}@db:5432/sessions?sslmode=require&sslrootcert=ca.pem\"\n"
+        ))
+        .unwrap();
+        let StoreKind::Postgres(pg) = &config.session.store else {
+            panic!("not postgres: {:?}", config.session.store);
+        };
+        assert_eq!(
+            pg.url.0,
+            "postgres://app:s3cret-pw@db:5432/sessions?sslmode=require"
+        );
+        assert!(pg.root_cert.as_ref().unwrap().ends_with("ca.pem"));
+        assert_eq!(pg.table, "cloakroom_sessions");
+        assert_eq!(pg.pool, 16);
+        assert_eq!(pg.timeout, Duration::from_millis(500));
+        assert_eq!(
+            config.session.store_timeout(),
+            Duration::from_millis(600),
+            "the request path's bound is a backstop past the store's own"
+        );
+        // Neither the config's Debug nor an error shows the password.
+        assert!(!format!("{config:?}").contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn bad_postgres_settings_name_their_key_without_the_url() {
+        let errors = parse(&format!(
+            "{SESSION}[session.postgres]\nurl = \"postgres://u:pw-in-url@h/db?sslmode=verify\"\n\
+             table = \"Sessions; drop\"\npool = 0\ntimeout = \"soon\"\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for key in [
+            "session.postgres.url",
+            "session.postgres.table",
+            "session.postgres.pool",
+            "session.postgres.timeout",
+        ] {
+            assert!(keys.contains(&key), "no error for {key}: {errors:?}");
+        }
+        for error in &errors {
+            assert!(!error.to_string().contains("pw-in-url"), "{error}");
+        }
+        let unknown = parse(&format!("{SESSION}[session.postgres]\nhost = \"db\"\n"));
+        assert!(unknown.is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn postgres_store_needs_a_shared_secret() {
+        let errors = parse("[session]\nstore = \"postgres\"\n").unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.key == "session.secret"),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn sslrootcert_is_taken_out_of_the_url() {
