@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cloakroom::config::{PostgresConfig, PostgresUrl};
 use cloakroom::session::store::PostgresStore;
-use cloakroom::session::{random_bytes, Expiry, Identity, PublicId, Session, SessionStore, Token};
+use cloakroom::session::{
+    random_bytes, Expiry, Identity, PublicId, Session, SessionStore, StoreError, Token,
+};
 use common::postgres::{unique_table, PgCluster};
 use common::{poll_until, TestProxy, SOON};
 use http_body_util::Full;
@@ -223,6 +225,46 @@ async fn a_stopped_database_fails_fast_and_the_store_recovers_by_itself() {
     .await;
     let loaded = store.load(&token, 2_000, EXPIRY).await.unwrap().unwrap();
     assert_eq!(loaded.user(), Some("bo"));
+}
+
+#[tokio::test]
+async fn a_hung_database_times_out_then_fails_fast_and_recovers() {
+    let cluster = PgCluster::start();
+    let table = unique_table("hung");
+    let store = PostgresStore::open(&store_config(&cluster, &table))
+        .await
+        .unwrap();
+    let token = store
+        .create(&with_user(anon(1_000), "hu"), EXPIRY)
+        .await
+        .unwrap();
+
+    cluster.pause();
+    let started = Instant::now();
+    let result = store.load(&token, 2_000, EXPIRY).await;
+    assert!(matches!(result, Err(StoreError::Timeout)), "{result:?}");
+    // The 500 ms timeout, with a wide margin for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The probe confirms it; then calls fail without waiting.
+    poll_until(SOON, "the store to mark the database down", || async {
+        !store.available()
+    })
+    .await;
+    let started = Instant::now();
+    assert!(store.load(&token, 2_000, EXPIRY).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(400));
+
+    cluster.resume();
+    poll_until(SOON, "the store to see the database again", || async {
+        store.available()
+    })
+    .await;
+    let loaded = store.load(&token, 2_000, EXPIRY).await.unwrap().unwrap();
+    assert_eq!(loaded.user(), Some("hu"));
 }
 
 #[tokio::test]

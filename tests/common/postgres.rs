@@ -24,6 +24,8 @@ pub struct PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        // A paused server cannot stop.
+        let _ = std::panic::catch_unwind(|| self.resume());
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "20"]);
     }
 }
@@ -181,6 +183,44 @@ impl PgCluster {
             "pg_ctl stop failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Freezes every process of the server (SIGSTOP): it keeps its sockets but
+    /// answers nothing, like a hung or overloaded database.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Undoes [`PgCluster::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid_file = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("read postmaster.pid");
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .expect("pid line")
+            .trim()
+            .to_string();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("run pgrep");
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        let status = Command::new("kill")
+            .arg(signal)
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pids:?} failed");
     }
 
     /// The URL of database `postgres` as the superuser.

@@ -11,8 +11,8 @@
 //! - Expiry is enforced on read from the row's times ([`Expiry::allows`]); the row's
 //!   `expires_ms` only drives the background [`SessionStore::sweep`], which deletes
 //!   in small batches and runs on one replica at a time (`pg_try_advisory_xact_lock`).
-//! - Known down, fail fast: a timeout or a connection failure marks the database
-//!   down; until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
+//! - Known down, fail fast: a connection failure marks the database down, and so
+//!   does a timeout that the probe confirms (a probe that gets no answer either); until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
 //!   every operation fails at once and [`SessionStore::available`] is false, so the
 //!   request path answers 503 without waiting and without forwarding a request whose
 //!   new session could not be stored.
@@ -52,8 +52,11 @@ struct Shared {
     table: String,
     lock_key: i64,
     timeout: Duration,
-    /// Set by a failure, cleared by a successful probe.
+    /// Set by a connection failure or a failed probe, cleared by a successful probe.
     down: AtomicBool,
+    /// An operation timed out: the probe checks the database at its next tick (one
+    /// slow statement alone does not take the store down).
+    suspect: AtomicBool,
     /// The schema was found or made current (a start with the database down leaves
     /// this to the probe).
     schema_ready: AtomicBool,
@@ -100,6 +103,7 @@ impl PostgresStore {
             lock_key: schema::lock_key(&config.table),
             timeout: config.timeout,
             down: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
             schema_ready: AtomicBool::new(false),
         });
         match shared.prepare_schema().await {
@@ -157,21 +161,26 @@ impl Shared {
         }
         let work = async {
             let conn = self.pool.get().await.map_err(|e| match e {
-                deadpool::managed::PoolError::Backend(e) => e,
-                _ => PgError::Gone,
-            })?;
-            op(conn).await
+                deadpool::managed::PoolError::Backend(e) => Some(e),
+                // Every connection busy (or being made) for the whole wait.
+                deadpool::managed::PoolError::Timeout(_) => None,
+                _ => Some(PgError::Gone),
+            });
+            match conn {
+                Ok(conn) => op(conn).await.map_err(Some),
+                Err(error) => Err(error),
+            }
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => {
+            Ok(Err(Some(error))) => {
                 if is_outage(&error) {
                     self.mark_down(&error);
                 }
                 Err(StoreError::Backend(error.to_string()))
             }
-            Err(_) => {
-                self.mark_down(&"no answer within session.postgres.timeout");
+            Ok(Err(None)) | Err(_) => {
+                self.suspect.store(true, Ordering::Relaxed);
                 Err(StoreError::Timeout)
             }
         }
@@ -208,7 +217,8 @@ impl Shared {
     }
 }
 
-/// Probes the database while it is marked down; ends with the store.
+/// Probes the database while it is marked down, and once after an operation timed
+/// out (marking it down when that probe fails too); ends with the store.
 async fn probe(shared: std::sync::Weak<Shared>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,9 +227,16 @@ async fn probe(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.down.load(Ordering::Relaxed) && shared.probe_once().await {
-            shared.down.store(false, Ordering::Relaxed);
-            tracing::info!(table = %shared.table, "session database reachable again");
+        if shared.down.load(Ordering::Relaxed) {
+            if Box::pin(shared.probe_once()).await {
+                shared.down.store(false, Ordering::Relaxed);
+                shared.suspect.store(false, Ordering::Relaxed);
+                tracing::info!(table = %shared.table, "session database reachable again");
+            }
+        } else if shared.suspect.swap(false, Ordering::Relaxed)
+            && !Box::pin(shared.probe_once()).await
+        {
+            shared.mark_down(&"operations and a probe found no answer within the timeout");
         }
     }
 }
