@@ -550,6 +550,38 @@ async fn database_stopped_under_requests_gives_503_then_recovers() {
 }
 
 #[tokio::test]
+async fn sslmode_require_connects_over_tls_to_a_server_signed_by_sslrootcert() {
+    let pki = common::TestPki::new();
+    let leaf = pki.default_leaf("postgres test server");
+    let cluster = PgCluster::start_with_tls(&leaf.cert_pem, &leaf.key_pem);
+    let ca = cluster.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let mut config = store_config(&cluster, &unique_table("tls"));
+    config.url = PostgresUrl(format!("{}?sslmode=require", cluster.url()));
+    config.root_cert = Some(ca);
+    let store = PostgresStore::open(&config).await.unwrap();
+    let token = store.create(&anon(1_000), EXPIRY).await.unwrap();
+    assert!(store.load(&token, 1_500, EXPIRY).await.unwrap().is_some());
+    let client = cluster.client().await;
+    let encrypted: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE s.ssl AND a.application_name = 'cloakroom'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted >= 1, "no TLS connection from the store");
+
+    // Without the CA the server's certificate does not verify: no connection.
+    let mut untrusted = config.clone();
+    untrusted.root_cert = None;
+    let store = PostgresStore::open(&untrusted).await.unwrap();
+    assert!(!store.available());
+}
+
+#[tokio::test]
 async fn a_wrong_token_is_no_session_not_an_error() {
     let cluster = PgCluster::shared();
     let table = unique_table("unknown");

@@ -19,6 +19,8 @@ pub struct PgCluster {
     bin: PathBuf,
     /// `Some("postgres")` when the server must run as that user (we are root).
     run_as: Option<String>,
+    /// More server options (`-c ssl=on ...`), for every start.
+    options: String,
     pub port: u16,
 }
 
@@ -69,11 +71,39 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Initialises and starts a new cluster (blocking; a second or two).
     pub fn start() -> PgCluster {
+        PgCluster::start_with(None)
+    }
+
+    /// A cluster that also accepts TLS with this certificate and key (PEM).
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> PgCluster {
+        PgCluster::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("cloakroom-pg-")
             .tempdir()
             .expect("tempdir");
         let run_as = is_root().then(|| "postgres".to_string());
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            let cert_path = dir.path().join("server.crt");
+            let key_path = dir.path().join("server.key");
+            std::fs::write(&cert_path, cert).expect("write server.crt");
+            std::fs::write(&key_path, key).expect("write server.key");
+            // PostgreSQL refuses a key that others may read.
+            let status = Command::new("chmod")
+                .arg("600")
+                .arg(&key_path)
+                .status()
+                .expect("chmod");
+            assert!(status.success());
+            options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert_path.display(),
+                key_path.display()
+            );
+        }
         if let Some(user) = &run_as {
             let status = Command::new("chown")
                 .args(["-R", user])
@@ -85,6 +115,7 @@ impl PgCluster {
         let cluster = PgCluster {
             bin: bin_dir(),
             run_as,
+            options,
             port: free_port(),
             dir,
         };
@@ -153,9 +184,10 @@ impl PgCluster {
     pub fn start_server(&self) {
         let options = format!(
             "-F -p {} -k {} -c listen_addresses=127.0.0.1 -c full_page_writes=off \
-             -c max_connections=200",
+             -c max_connections=200{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let log = self.dir.path().join("server.log");
         let out = self
