@@ -20,10 +20,10 @@ WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 TOUCH=${TOUCH:-5s}       # touch_interval of the 1,000-session run
 SESSIONS=${SESSIONS:-1000}
-UP1=19401
-UP2=19402
-PORT=19421
-PGPORT=19431
+UP1=19451
+UP2=19452
+PORT=19453
+PGPORT=19454
 
 log() { printf 'postgres-bench [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
