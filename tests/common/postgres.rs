@@ -62,6 +62,24 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The pids whose parent is `parent` (from /proc: no procps needed).
+fn children(parent: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.to_string();
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+            let after = stat.rsplit_once(')')?.1;
+            let ppid = after.split_whitespace().nth(1)?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind for a free port");
@@ -237,16 +255,8 @@ impl PgCluster {
             .expect("pid line")
             .trim()
             .to_string();
-        let children = Command::new("pgrep")
-            .args(["-P", &postmaster])
-            .output()
-            .expect("run pgrep");
-        let mut pids = vec![postmaster];
-        pids.extend(
-            String::from_utf8_lossy(&children.stdout)
-                .split_whitespace()
-                .map(str::to_string),
-        );
+        let mut pids = children(&postmaster);
+        pids.push(postmaster);
         let status = Command::new("kill")
             .arg(signal)
             .args(&pids)
