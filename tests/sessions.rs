@@ -74,7 +74,7 @@ async fn first_request_gets_host_prefixed_lax_session_cookie_without_domain_or_m
         assert_eq!(attribute(&attributes, "expires"), None, "{set}");
         assert_eq!(
             set,
-            format!("{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax")
+            format!("{COOKIE}={value}; HttpOnly; SameSite=Lax; Secure; Path=/")
         );
     }
 }

@@ -272,3 +272,42 @@ async fn corrupt_snapshot_is_moved_aside_and_the_proxy_starts_empty() {
     stop(proxy).await;
     assert!(path.exists(), "a fresh snapshot is written at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_rotation_by_reload_keeps_existing_sessions_and_new_cookies_use_the_new_secret() {
+    let app = App::start().await;
+    let with = |secret: &str, previous: &[&str]| {
+        let previous: Vec<String> = previous.iter().map(|p| format!("\"{p}\"")).collect();
+        config(
+            &app.server(),
+            &format!(
+                "secret = \"{secret}\"\nprevious_secrets = [{}]",
+                previous.join(", ")
+            ),
+            "",
+            "",
+        )
+    };
+    let proxy = start(with(SECRET, &[])).await;
+    let old_cookie = login(&proxy, None, "dan", "").await.cookie();
+
+    proxy.write_config(&with(OTHER_SECRET, &[SECRET]));
+    proxy.handle.reload().await.unwrap();
+    assert_eq!(
+        get(&proxy, "/", Some(&old_cookie)).await.user().as_deref(),
+        Some("dan"),
+        "a cookie made under the previous secret still works"
+    );
+    let new_cookie = login(&proxy, Some(&old_cookie), "dan", "ops")
+        .await
+        .cookie();
+
+    // Once the old secret is dropped, only cookies made under the new one verify.
+    proxy.write_config(&with(OTHER_SECRET, &[]));
+    proxy.handle.reload().await.unwrap();
+    assert_eq!(get(&proxy, "/", Some(&old_cookie)).await.user(), None);
+    assert_eq!(
+        get(&proxy, "/", Some(&new_cookie)).await.user().as_deref(),
+        Some("dan")
+    );
+}
