@@ -174,6 +174,10 @@ run() {
   ROWS+=("$name|$rps|$cpu|$pgcpu|$writes|$((status_errors + socket_errors))")
   log "$name: $rps req/s, $cpu us CPU/request (proxy), $pgcpu (PostgreSQL), $writes rows written/s"
   stop_pid "$pid"
+  if [ -s "$TMP/cloakroom.out" ]; then
+    log "$name logged (repeated lines once, with their count):"
+    sed -E 's/^[^ ]+ +//' "$TMP/cloakroom.out" | sort | uniq -c | sort -rn | head -5 >&2
+  fi
 }
 
 run "memory, 1 session" memory 3m 1

@@ -2,9 +2,10 @@
 //! statement of the store already prepared, and the TLS setup for `sslmode=require`.
 //!
 //! Invariants:
-//! - A connection's socket and its driver task live on the runtime the store was
-//!   opened on (the main runtime), never on a request worker's: a worker's runtime
-//!   ends before the store at shutdown, and the driver must outlive it.
+//! - A connection's socket and its driver task live on the runtime that made it: a
+//!   request worker's own event loop (its queries then need no hop to another
+//!   thread), or the main runtime (schema, sweep, probe). When a worker's runtime
+//!   ends at shutdown its connections close, and the pool replaces them on use.
 //! - Statements are prepared once per connection, pipelined, when it is made; the
 //!   request path then sends one Bind/Execute per operation (no parse, no lookup).
 //! - A connection whose driver has ended is never handed out again (recycle checks).
@@ -112,7 +113,7 @@ pub(crate) struct Connector {
     config: tokio_postgres::Config,
     /// `Some` when the URL says `sslmode=require`.
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
-    /// Where connections are driven (see the module header).
+    /// Where connections are driven when the caller is on no runtime.
     runtime: tokio::runtime::Handle,
 }
 
@@ -151,13 +152,15 @@ impl Connector {
         })
     }
 
-    /// A new connection, driven on the store's runtime.
+    /// A new connection, driven on the caller's runtime (see the module header).
     pub(crate) async fn connect(&self) -> Result<Client, PgError> {
         let (tx, rx) = oneshot::channel();
         let config = self.config.clone();
+        let runtime =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
         match self.tls.clone() {
-            Some(tls) => self.runtime.spawn(drive(config, tls, tx)),
-            None => self.runtime.spawn(drive(config, NoTls, tx)),
+            Some(tls) => runtime.spawn(drive(config, tls, tx)),
+            None => runtime.spawn(drive(config, NoTls, tx)),
         };
         rx.await.map_err(|_| PgError::Gone)?
     }
