@@ -61,6 +61,14 @@ enum Command {
         #[arg(required = true)]
         addrs: Vec<SocketAddr>,
     },
+    /// Print the SQL that creates the PostgreSQL session table (for DBAs who apply
+    /// the schema themselves); the table is `session.postgres.table` of the config,
+    /// or `--table`.
+    Schema {
+        /// The table (`table` or `schema.table`); without it the config's is used.
+        #[arg(long)]
+        table: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
         Some(Command::Secret) => secret(),
         Some(Command::Health { .. }) => ExitCode::from(1),
         Some(Command::DemoApps { addrs }) => demo_apps(addrs),
+        Some(Command::Schema { table }) => schema(&cli.config, table),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -320,6 +329,41 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `cloakroom schema`: exit 0 with the script on stdout, 2 when there is no valid
+/// table name to make it for.
+fn schema(path: &Path, table: Option<String>) -> ExitCode {
+    let table = match table {
+        Some(table) => table,
+        None => match cloakroom::config::Config::load(path) {
+            Ok(config) => match &config.session.store {
+                cloakroom::config::StoreKind::Postgres(postgres) => postgres.table.clone(),
+                _ => {
+                    eprintln!(
+                        "{}: session.store is not \"postgres\"; pass --table NAME to print \
+                         the schema anyway",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match cloakroom::session::store::postgres::schema_script(&table) {
+        Ok(script) => {
+            print!("{script}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("cloakroom: --table: {message}");
             ExitCode::from(2)
         }
     }

@@ -590,7 +590,30 @@ async fn redis_store() -> StoreUnderTest {
     })
 }
 
+/// The PostgreSQL store on the binary's shared throwaway cluster, a table per test; a
+/// restart opens a new store on the same table, as a restarted proxy does.
+async fn postgres_store() -> StoreUnderTest {
+    use cloakroom::config::{PostgresConfig, PostgresUrl};
+    use cloakroom::session::store::PostgresStore;
+    let cluster = common::postgres::PgCluster::shared();
+    let config = PostgresConfig {
+        url: PostgresUrl(cluster.url()),
+        root_cert: None,
+        table: common::postgres::unique_table("conformance"),
+        pool: 4,
+        timeout: Duration::from_secs(2),
+    };
+    let store = PostgresStore::open(&config).await.unwrap();
+    StoreUnderTest::server(Arc::new(store), Box::new(cluster)).with_restart(move || {
+        let config = config.clone();
+        Box::pin(async move {
+            Arc::new(PostgresStore::open(&config).await.unwrap()) as Arc<dyn SessionStore>
+        })
+    })
+}
+
 conformance!(memory, memory_store);
 conformance!(memory_persist, persisted_memory_store);
 conformance!(cookie, cookie_store);
 conformance!(redis, redis_store);
+conformance!(postgres, postgres_store);

@@ -146,6 +146,7 @@ pub enum StoreKind {
     Memory,
     Redis(RedisConfig),
     Cookie,
+    Postgres(PostgresConfig),
 }
 
 /// `[session.redis]`
@@ -182,6 +183,36 @@ impl std::fmt::Debug for RedisConfig {
             )
             .field("ca", &self.ca)
             .finish()
+    }
+}
+
+/// `[session.postgres]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The connection URL, `${ENV}` already expanded (it may hold a password: its
+    /// `Debug` is redacted). Parsed and checked by validation; `sslrootcert` removed.
+    pub url: PostgresUrl,
+    /// `sslmode=require`: the PEM file of the CA that signs the server's certificate
+    /// (the URL's `sslrootcert`, relative to the config file); `None` = the built-in
+    /// web PKI roots.
+    pub root_cert: Option<PathBuf>,
+    /// The sessions table, optionally schema-qualified (`schema.table`); a plain SQL
+    /// identifier (checked), so it is written into statements unquoted.
+    pub table: String,
+    /// Connections in the pool (default 16).
+    pub pool: usize,
+    /// Deadline of one store operation (default 500 ms); past it a session route
+    /// answers 503.
+    pub timeout: Duration,
+}
+
+/// A PostgreSQL URL; `Debug` never shows it (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl(pub String);
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresUrl(<redacted>)")
     }
 }
 
@@ -228,6 +259,9 @@ impl SessionConfig {
     pub fn store_timeout(&self) -> Duration {
         match &self.store {
             StoreKind::Redis(redis) => redis.timeout,
+            // The store applies `timeout` itself (and marks the database down when it
+            // passes); this outer bound is a backstop a little later.
+            StoreKind::Postgres(postgres) => postgres.timeout + Duration::from_millis(100),
             // In-process stores answer at once; the bound only guards against a bug.
             StoreKind::Memory | StoreKind::Cookie => Duration::from_secs(2),
         }

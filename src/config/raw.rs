@@ -213,6 +213,7 @@ pub(super) enum RawStore {
     Memory,
     Redis,
     Cookie,
+    Postgres,
 }
 
 /// `[session]`
@@ -249,6 +250,8 @@ pub(super) struct RawSession {
     pub(super) touch_interval: Option<String>,
     #[serde(default = "default_anomaly")]
     pub(super) anomaly: RawAnomaly,
+    #[serde(default)]
+    pub(super) postgres: RawPostgres,
 }
 
 impl Default for RawSession {
@@ -269,6 +272,7 @@ impl Default for RawSession {
             persist_interval: default_persist_interval(),
             touch_interval: None,
             anomaly: default_anomaly(),
+            postgres: RawPostgres::default(),
         }
     }
 }
@@ -713,4 +717,45 @@ mod tests {
         let err = toml::from_str::<RawConfig>("[sesion]\n").unwrap_err();
         assert!(err.message().starts_with("unknown field `sesion`"));
     }
+}
+
+/// `[session.postgres]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPostgres {
+    #[serde(default = "default_postgres_url")]
+    pub(super) url: String,
+    #[serde(default = "default_postgres_table")]
+    pub(super) table: String,
+    #[serde(default = "default_postgres_pool")]
+    pub(super) pool: u64,
+    #[serde(default = "default_postgres_timeout")]
+    pub(super) timeout: String,
+}
+
+impl Default for RawPostgres {
+    fn default() -> Self {
+        RawPostgres {
+            url: default_postgres_url(),
+            table: default_postgres_table(),
+            pool: default_postgres_pool(),
+            timeout: default_postgres_timeout(),
+        }
+    }
+}
+
+fn default_postgres_url() -> String {
+    "postgres://cloakroom@127.0.0.1:5432/cloakroom".to_owned()
+}
+
+fn default_postgres_table() -> String {
+    "cloakroom_sessions".to_owned()
+}
+
+fn default_postgres_pool() -> u64 {
+    16
+}
+
+fn default_postgres_timeout() -> String {
+    "500ms".to_owned()
 }

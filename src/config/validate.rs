@@ -11,6 +11,7 @@
 
 mod admin;
 mod checks;
+mod postgres;
 mod redis;
 mod routing;
 mod security;

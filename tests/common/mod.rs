@@ -8,6 +8,7 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod redis;
 pub mod scripted;
 pub mod session_app;

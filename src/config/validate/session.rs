@@ -1,4 +1,5 @@
-//! Validation of `[session]` and the store sections (`[session.redis]`): the cookie's
+//! Validation of `[session]` and the store sections (`[session.redis]`;
+//! `[session.postgres]` is in `postgres.rs`): the cookie's
 //! name and attributes, lifetimes, the secret ring and the store choice.
 //!
 //! Part of the `Validator` in `validate.rs`, split out by concern. No IO.
@@ -81,6 +82,7 @@ impl Validator<'_> {
             RawStore::Memory => StoreKind::Memory,
             RawStore::Redis => StoreKind::Redis(self.redis(&raw.redis)),
             RawStore::Cookie => StoreKind::Cookie,
+            RawStore::Postgres => StoreKind::Postgres(self.postgres(&raw.postgres)),
         };
         let needs_secret = match store {
             StoreKind::Redis(_) => {
@@ -94,6 +96,9 @@ impl Validator<'_> {
                  which needs a fixed secret",
             ),
             StoreKind::Memory => None,
+            StoreKind::Postgres(_) => {
+                Some("store = \"postgres\" needs a secret shared by every proxy instance")
+            }
         };
         // A secret that was given but too short has been reported already.
         if let (Some(why), None, None) = (needs_secret, &secret, &raw_secret_len) {

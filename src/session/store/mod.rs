@@ -12,6 +12,7 @@
 
 pub mod memory;
 pub mod persist;
+pub mod postgres;
 pub mod redis;
 pub mod sealed;
 
@@ -20,6 +21,7 @@ use super::{Expiry, PublicId, Session, Token};
 pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
+pub use postgres::PostgresStore;
 pub use sealed::{CookieOnly, SealError, SealedCodec};
 
 use std::sync::Arc;
@@ -60,6 +62,7 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
         StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
         StoreKind::Cookie => Arc::new(CookieOnly),
         StoreKind::Redis(redis) => Arc::new(RedisStore::connect(redis).await?),
+        StoreKind::Postgres(postgres) => Arc::new(PostgresStore::open(postgres).await?),
     };
     Ok(Opened {
         store,

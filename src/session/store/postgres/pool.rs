@@ -1,0 +1,253 @@
+//! Connections to PostgreSQL: a deadpool manager whose connections carry every
+//! statement of the store already prepared, and the TLS setup for `sslmode=require`.
+//!
+//! Invariants:
+//! - A connection's socket and its driver task live on the runtime that made it: a
+//!   request worker's own event loop (its queries then need no hop to another
+//!   thread), or the main runtime (schema, sweep, probe). When a worker's runtime
+//!   ends at shutdown its connections close, and the pool replaces them on use.
+//! - Statements are prepared once per connection, pipelined, when it is made; the
+//!   request path then sends one Bind/Execute per operation (no parse, no lookup).
+//! - A connection whose driver has ended is never handed out again (recycle checks).
+
+use std::sync::Arc;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::oneshot;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket, Statement};
+
+use super::schema::Sql;
+use crate::config::PostgresConfig;
+use crate::session::StoreError;
+
+/// Why a connection could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PgError {
+    /// The driver reported an error (network, protocol or SQL).
+    #[error("{}", describe(.0))]
+    Driver(#[from] tokio_postgres::Error),
+    /// The task that drives connections ended before answering (shutdown).
+    #[error("the connection task ended (shutting down)")]
+    Gone,
+}
+
+/// The driver's error with its causes ("db error: ERROR: permission denied ..."): its
+/// own text alone says only "db error".
+fn describe(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The pool of the store's connections.
+pub(crate) type Pool = managed::Pool<Manager>;
+
+/// One pooled connection and its prepared statements.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) client: Client,
+    pub(crate) st: Statements,
+}
+
+/// Every statement the store runs, prepared on one connection.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) load: Statement,
+    pub(crate) insert: Statement,
+    pub(crate) save: Statement,
+    pub(crate) regenerate: Statement,
+    pub(crate) destroy: Statement,
+    pub(crate) destroy_user: Statement,
+    pub(crate) destroy_public: Statement,
+    pub(crate) list_user: Statement,
+    pub(crate) count: Statement,
+    pub(crate) sweep_lock: Statement,
+    pub(crate) sweep: Statement,
+}
+
+impl Statements {
+    /// Prepares them all, pipelined (one round trip's worth of waiting).
+    async fn prepare(client: &Client, sql: &Sql) -> Result<Statements, tokio_postgres::Error> {
+        let (load, insert, save, regenerate, destroy, destroy_user) = tokio::try_join!(
+            client.prepare(&sql.load),
+            client.prepare(&sql.insert),
+            client.prepare(&sql.save),
+            client.prepare(&sql.regenerate),
+            client.prepare(&sql.destroy),
+            client.prepare(&sql.destroy_user),
+        )?;
+        let (destroy_public, list_user, count, sweep_lock, sweep) = tokio::try_join!(
+            client.prepare(&sql.destroy_public),
+            client.prepare(&sql.list_user),
+            client.prepare(&sql.count),
+            client.prepare(&sql.sweep_lock),
+            client.prepare(&sql.sweep),
+        )?;
+        Ok(Statements {
+            load,
+            insert,
+            save,
+            regenerate,
+            destroy,
+            destroy_user,
+            destroy_public,
+            list_user,
+            count,
+            sweep_lock,
+            sweep,
+        })
+    }
+}
+
+/// How the store reaches the database.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    config: tokio_postgres::Config,
+    /// `Some` when the URL says `sslmode=require`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// Where connections are driven when the caller is on no runtime.
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tokio_postgres::Config's Debug redacts the password.
+        f.debug_struct("Connector")
+            .field("config", &self.config)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// From the validated settings; reads `sslrootcert` when one is named.
+    pub(crate) async fn new(config: &PostgresConfig) -> Result<Connector, StoreError> {
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .0
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("session.postgres.url: {e}")))?;
+        pg.connect_timeout(config.timeout);
+        if pg.get_application_name().is_none() {
+            pg.application_name("cloakroom");
+        }
+        let tls = match pg.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Some(tls_connector(config).await?),
+            _ => None,
+        };
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| StoreError::Backend(format!("no async runtime: {e}")))?;
+        Ok(Connector {
+            config: pg,
+            tls,
+            runtime,
+        })
+    }
+
+    /// A new connection, driven on the caller's runtime (see the module header).
+    pub(crate) async fn connect(&self) -> Result<Client, PgError> {
+        let (tx, rx) = oneshot::channel();
+        let config = self.config.clone();
+        let runtime =
+            tokio::runtime::Handle::try_current().unwrap_or_else(|_| self.runtime.clone());
+        match self.tls.clone() {
+            Some(tls) => runtime.spawn(drive(config, tls, tx)),
+            None => runtime.spawn(drive(config, NoTls, tx)),
+        };
+        rx.await.map_err(|_| PgError::Gone)?
+    }
+}
+
+/// Connects and, once the client is handed over, drives the connection until the
+/// client is dropped or the server goes away.
+async fn drive<T>(
+    config: tokio_postgres::Config,
+    tls: T,
+    reply: oneshot::Sender<Result<Client, PgError>>,
+) where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    match config.connect(tls).await {
+        Ok((client, connection)) => {
+            if reply.send(Ok(client)).is_ok() {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "session database connection ended");
+                }
+            }
+        }
+        Err(error) => {
+            let _ = reply.send(Err(PgError::Driver(error)));
+        }
+    }
+}
+
+/// The rustls client config for `sslmode=require`: the server's certificate must
+/// chain to `sslrootcert` when given, else to the web PKI roots, and name the host.
+async fn tls_connector(
+    config: &PostgresConfig,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.root_cert {
+        Some(path) => {
+            let pem = tokio::fs::read(path)
+                .await
+                .map_err(|e| StoreError::Backend(format!("sslrootcert {}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client))
+}
+
+/// Makes and checks the pool's connections.
+#[derive(Debug)]
+pub(crate) struct Manager {
+    pub(crate) connector: Connector,
+    pub(crate) sql: Arc<Sql>,
+}
+
+impl managed::Manager for Manager {
+    type Type = Conn;
+    type Error = PgError;
+
+    async fn create(&self) -> Result<Conn, PgError> {
+        let client = self.connector.connect().await?;
+        // Boxed: the preparing future is large (eleven statements in flight), and it
+        // would otherwise be part of every `Pool::get` future on the request path.
+        let st = Box::pin(Statements::prepare(&client, &self.sql)).await?;
+        Ok(Conn { client, st })
+    }
+
+    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<PgError> {
+        // A cheap check only (no round trip): a connection that died since is seen
+        // here; one that dies in use fails that operation, which marks the store down.
+        if conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        Ok(())
+    }
+}
