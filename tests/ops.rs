@@ -457,3 +457,34 @@ async fn readyz_fails_while_every_server_of_an_upstream_is_down_and_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn readyz_fails_while_connections_drain_at_shutdown() {
+    let slow = common::MockUpstream::start("slow").await;
+    slow.set_delay(std::time::Duration::from_secs(3));
+    let proxy = TestProxy::builder()
+        .config(format!(
+            "[timeouts]\nshutdown_grace = \"10s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nsession = false\n",
+            slow.server()
+        ))
+        .admin_listener()
+        .start()
+        .await;
+    let client = proxy.client_h1();
+    let in_flight = tokio::spawn(client.get(proxy.url("/")).send());
+    poll_until(SOON, "the request reaches the upstream", || async {
+        slow.request_count() == 1
+    })
+    .await;
+    proxy.handle.shutdown();
+    let admin = admin();
+    poll_until(SOON, "/readyz answers 503 stopping", || async {
+        match admin.get(proxy.admin_url("/readyz")).send().await {
+            Ok(r) => r.status() == 503 && r.text().await.unwrap().contains("stopping"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the in-flight request finished");
+}
