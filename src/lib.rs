@@ -138,8 +138,8 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
-    let store = session::store::open(&config.session).await?;
-    let state = AppState::new(config, certs, store)?;
+    let opened = session::store::open(&config.session).await?;
+    let state = AppState::new(config, certs, opened.store)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();
@@ -184,6 +184,10 @@ pub async fn run(
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
     background.spawn(sweep_sessions(state.clone()));
+    if let Some(snapshots) = opened.snapshots.clone() {
+        let watched = state.clone();
+        background.spawn(snapshots.run(state.stop.clone(), move || watched.runtime().expiry));
+    }
     for warning in &state.runtime().config.warnings {
         tracing::warn!("{warning}");
     }
@@ -227,6 +231,10 @@ pub async fn run(
     admin_stop.raise();
     while admin_loop.join_next().await.is_some() {}
     background.shutdown().await;
+    if let Some(snapshots) = opened.snapshots {
+        // After the last connection: nothing changes the sessions any more.
+        snapshots.save_in_background(state.runtime().expiry).await;
+    }
     Ok(())
 }
 

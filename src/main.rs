@@ -59,6 +59,8 @@ enum Command {
         #[arg(required = true)]
         addrs: Vec<SocketAddr>,
     },
+    /// Print a fresh random `session.secret` (48 bytes from the OS CSPRNG, base64url).
+    Secret,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Health { .. }) => ExitCode::from(1),
         Some(Command::DemoApps { addrs }) => demo_apps(addrs),
+        Some(Command::Secret) => secret(),
         None => {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -163,6 +166,24 @@ fn health(config: &Path, url: Option<&str>) -> ExitCode {
         }
         Err(error) => {
             eprintln!("cloakroom health: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `cloakroom secret`: a value for `session.secret` (or the next one, when rotating).
+fn secret() -> ExitCode {
+    use base64::Engine as _;
+    match cloakroom::session::random_bytes::<48>() {
+        Ok(bytes) => {
+            println!(
+                "{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cloakroom: {error}");
             ExitCode::from(1)
         }
     }

@@ -225,9 +225,6 @@ fn warn_restart_only_changes(old: &Config, new: &Config) {
     if old.session.store != new.session.store {
         changed.push("session.store");
     }
-    if old.session.secret != new.session.secret {
-        changed.push("session.secret");
-    }
     if old.session.max_sessions != new.session.max_sessions {
         changed.push("session.max_sessions");
     }

@@ -175,6 +175,40 @@ fn check_rejects_an_unreadable_certificate() {
     assert!(stderr.contains("tls.cert"), "names the key:\n{stderr}");
 }
 
+#[test]
+fn check_warns_about_idle_longer_than_absolute_and_still_exits_0() {
+    let dir = ConfigDir::new();
+    let body = format!("[session]\nidle_timeout = \"2h\"\nabsolute_timeout = \"1h\"\n{VALID_BODY}");
+    let path = dir.write(&config_text("127.0.0.1:8443", &body));
+    let output = check(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("session.idle_timeout"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn secret_prints_a_fresh_secret_that_check_accepts() {
+    let secret = || {
+        let output = Command::new(BIN).arg("secret").output().unwrap();
+        assert!(output.status.success());
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (secret(), secret());
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 64, "48 bytes, base64url: {a}");
+    let dir = ConfigDir::new();
+    let body = format!("[session]\nstore = \"cookie\"\nsecret = \"{a}\"\n{VALID_BODY}");
+    let output = check(&dir.write(&config_text("127.0.0.1:8443", &body)));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A running `cloakroom` process; killed on drop if the test did not stop it.
 struct Running {
     child: Child,

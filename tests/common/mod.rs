@@ -8,6 +8,7 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod scripted;
 pub mod session_app;
 
 use std::convert::Infallible;

@@ -217,6 +217,38 @@ impl MemoryStore {
         removed
     }
 
+    /// Every live session with its token (for the snapshot). Iterates shard by shard;
+    /// run off the request threads.
+    pub(crate) fn live_sessions(&self, now: u64, expiry: Expiry) -> Vec<(Token, Session)> {
+        self.sessions
+            .iter()
+            .filter(|item| item.value().is_live(now, expiry))
+            .map(|item| (*item.key(), item.value().to_session()))
+            .collect()
+    }
+
+    /// Puts back a session saved under `token` (loading a snapshot). Skips it when the
+    /// bound is reached or the token is taken; returns whether it was kept.
+    pub(crate) fn restore(&self, token: Token, session: &Session) -> bool {
+        if !self.reserve() {
+            return false;
+        }
+        let user = session.user().map(Box::<str>::from);
+        match self.sessions.entry(token) {
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Entry::from_session(session));
+            }
+            dashmap::Entry::Occupied(_) => {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        if let Some(user) = user {
+            self.users.entry(user).or_default().push(token);
+        }
+        true
+    }
+
     /// Tokens of `user` whose sessions still carry that user.
     fn tokens_of(&self, user: &str) -> Vec<Token> {
         let candidates = self

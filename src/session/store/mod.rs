@@ -11,20 +11,50 @@
 //! runs one suite against every engine.
 
 pub mod memory;
+pub mod persist;
 pub mod sealed;
 
 use super::{Expiry, PublicId, Session, Token};
 
 pub use memory::MemoryStore;
+pub use persist::Snapshots;
 pub use sealed::{CookieOnly, SealError, SealedCodec};
 
 use std::sync::Arc;
 
 use crate::config::{SessionConfig, StoreKind};
 
-/// Opens the store `config` names (connecting to its server, if it has one).
-pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
-    Ok(match &config.store {
+/// The store a proxy runs with, and the memory store's snapshots when `persist` is on.
+#[derive(Debug)]
+pub struct Opened {
+    pub store: Arc<dyn SessionStore>,
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Opens the store `config` names (connecting to its server, if it has one; loading
+/// the memory store's snapshot, if `persist` is set).
+pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
+    if let (StoreKind::Memory, Some(path)) = (&config.store, &config.persist) {
+        let snapshots = Snapshots {
+            store: Arc::new(MemoryStore::new(config.max_sessions)),
+            path: path.clone(),
+            interval: config.persist_interval,
+        };
+        let expiry = Expiry::new(
+            config.idle_timeout,
+            config.absolute_timeout,
+            config.touch_interval,
+        );
+        let loading = snapshots.clone();
+        tokio::task::spawn_blocking(move || loading.load(expiry))
+            .await
+            .map_err(|e| StoreError::Backend(format!("loading the snapshot failed: {e}")))?;
+        return Ok(Opened {
+            store: snapshots.store.clone(),
+            snapshots: Some(snapshots),
+        });
+    }
+    let store: Arc<dyn SessionStore> = match &config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
         StoreKind::Cookie => Arc::new(CookieOnly),
         StoreKind::Redis(_) => {
@@ -32,6 +62,10 @@ pub async fn open(config: &SessionConfig) -> Result<Arc<dyn SessionStore>, Store
                 "store = \"redis\" is not available in this build",
             ))
         }
+    };
+    Ok(Opened {
+        store,
+        snapshots: None,
     })
 }
 

@@ -1,0 +1,574 @@
+//! One suite of session-store behaviours, run against every store: memory,
+//! memory + persist, the cookie store, and (in their own files' makers below) Redis
+//! and PostgreSQL on real servers.
+//!
+//! The suite talks to a store the way the proxy does, through cookie values
+//! ("tickets"): a server-side store's ticket is its token sealed by the MAC'd
+//! `CookieCodec`; the cookie store's ticket is the sealed session itself. What only a
+//! server-side store can do (end a session everywhere, list or end a user's sessions,
+//! count) is checked where [`Kind::Server`]; for the cookie store the suite checks
+//! the opposite, honest limit: a copied ticket stays valid until it expires.
+//!
+//! Time is passed explicitly (`now`, from a base near the real clock so native TTLs
+//! stay positive).
+
+// Helpers outside `#[test]` functions may fail loudly too; clippy.toml only allows
+// unwrap/expect/panic inside them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloakroom::config::{SameSite, SessionConfig, StoreKind};
+use cloakroom::session::store::{MemoryStore, SealedCodec, Snapshots};
+use cloakroom::session::{
+    now_ms, random_bytes, CookieCodec, Expiry, Identity, PublicId, Session, SessionStore, Token,
+};
+
+const IDLE_MS: u64 = 60_000;
+const ABSOLUTE_MS: u64 = 600_000;
+
+/// Lifetimes of the suite; `touch_ms` 0 records every use unless a test says otherwise.
+fn expiry() -> Expiry {
+    Expiry {
+        idle_ms: IDLE_MS,
+        absolute_ms: ABSOLUTE_MS,
+        touch_ms: 0,
+    }
+}
+
+/// What kind of store is under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Keeps sessions on a server, under a token.
+    Server,
+    /// Keeps sessions in the cookie.
+    Cookie,
+}
+
+/// Rebuilds a store as a restarted proxy would.
+type Restart =
+    Box<dyn Fn() -> futures_util::future::BoxFuture<'static, Arc<dyn SessionStore>> + Send + Sync>;
+
+/// A store under test, as the suite drives it.
+pub struct StoreUnderTest {
+    kind: Kind,
+    store: Arc<dyn SessionStore>,
+    /// Seals tokens (server stores) with `[current, previous…]` secrets.
+    codec: CookieCodec,
+    /// The cookie store's codec.
+    sealed: Option<SealedCodec>,
+    /// Rebuilds the store as a restarted proxy would (None: nothing survives).
+    restart: Option<Restart>,
+    /// Keeps the store's server (and files) alive for the test.
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+const SECRET: &[u8] = b"conformance-secret-0123456789abcdef";
+const OLD_SECRET: &[u8] = b"conformance-old-secret-0123456789ab";
+const COOKIE: &str = "__Host-conformance";
+
+fn session_config() -> SessionConfig {
+    SessionConfig {
+        cookie: COOKIE.into(),
+        same_site: SameSite::Lax,
+        secure: true,
+        persistent: false,
+        idle_timeout: Duration::from_millis(IDLE_MS),
+        absolute_timeout: Duration::from_millis(ABSOLUTE_MS),
+        store: StoreKind::Memory,
+        secret: None,
+        max_sessions: 10_000,
+        previous_secrets: Vec::new(),
+        persist: None,
+        persist_interval: Duration::from_secs(30),
+        touch_interval: Duration::from_secs(6),
+    }
+}
+
+impl StoreUnderTest {
+    /// A server-side store, with its guard.
+    pub fn server(store: Arc<dyn SessionStore>, guard: Box<dyn std::any::Any + Send>) -> Self {
+        StoreUnderTest {
+            kind: Kind::Server,
+            store,
+            codec: CookieCodec::new(&session_config(), &[SECRET]),
+            sealed: None,
+            restart: None,
+            _guard: guard,
+        }
+    }
+
+    /// Adds how to rebuild the store as a restarted proxy would.
+    pub fn with_restart(
+        mut self,
+        restart: impl Fn() -> futures_util::future::BoxFuture<'static, Arc<dyn SessionStore>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.restart = Some(Box::new(restart));
+        self
+    }
+
+    fn cookie() -> Self {
+        StoreUnderTest {
+            kind: Kind::Cookie,
+            store: Arc::new(cloakroom::session::store::CookieOnly),
+            codec: CookieCodec::new(&session_config(), &[SECRET]),
+            sealed: Some(SealedCodec::new(COOKIE, &[SECRET])),
+            restart: None,
+            _guard: Box::new(()),
+        }
+    }
+
+    /// Switches to a rotated secret ring: `[new, SECRET]`.
+    fn rotate(&mut self) {
+        let new: &[u8] = b"conformance-new-secret-0123456789ab";
+        self.codec = CookieCodec::new(&session_config(), &[new, SECRET]);
+        if self.sealed.is_some() {
+            self.sealed = Some(SealedCodec::new(COOKIE, &[new, SECRET]));
+        }
+    }
+
+    /// Drops `SECRET` from the ring (it was rotated out).
+    fn retire(&mut self) {
+        let new: &[u8] = b"conformance-new-secret-0123456789ab";
+        self.codec = CookieCodec::new(&session_config(), &[new, OLD_SECRET]);
+        if self.sealed.is_some() {
+            self.sealed = Some(SealedCodec::new(COOKIE, &[new, OLD_SECRET]));
+        }
+    }
+
+    async fn create(&self, session: &Session) -> String {
+        match &self.sealed {
+            Some(sealed) => sealed.seal(session).unwrap(),
+            None => self
+                .codec
+                .seal(&self.store.create(session, expiry()).await.unwrap()),
+        }
+    }
+
+    async fn load_with(&self, ticket: &str, now: u64, expiry: Expiry) -> Option<Session> {
+        match &self.sealed {
+            Some(sealed) => sealed
+                .open(ticket)
+                .filter(|s| expiry.allows(s.created, s.last_seen, now)),
+            None => {
+                let token = self.codec.open(ticket)?;
+                self.store.load(&token, now, expiry).await.unwrap()
+            }
+        }
+    }
+
+    async fn load(&self, ticket: &str, now: u64) -> Option<Session> {
+        self.load_with(ticket, now, expiry()).await
+    }
+
+    /// Saves; returns the ticket to use from now on.
+    async fn save(&self, ticket: &str, session: &Session) -> String {
+        match &self.sealed {
+            Some(sealed) => sealed.seal(session).unwrap(),
+            None => {
+                let token = self.codec.open(ticket).unwrap();
+                self.store.save(&token, session, expiry()).await.unwrap();
+                ticket.to_owned()
+            }
+        }
+    }
+
+    async fn regenerate(&self, ticket: &str, session: &Session) -> String {
+        match &self.sealed {
+            Some(sealed) => sealed.seal(session).unwrap(),
+            None => {
+                let token = self.codec.open(ticket).unwrap();
+                let fresh = self
+                    .store
+                    .regenerate(&token, session, expiry())
+                    .await
+                    .unwrap();
+                self.codec.seal(&fresh)
+            }
+        }
+    }
+
+    fn token(&self, ticket: &str) -> Token {
+        self.codec.open(ticket).unwrap()
+    }
+}
+
+fn anonymous(now: u64) -> Session {
+    Session::new(PublicId(random_bytes().unwrap()), now)
+}
+
+fn logged_in(now: u64, user: &str, roles: Option<&str>) -> Session {
+    let mut s = anonymous(now);
+    s.identity = Some(Arc::new(Identity {
+        user: Some(user.into()),
+        roles: roles.map(Into::into),
+    }));
+    s
+}
+
+/// A user name no other test (or earlier run against a shared server) uses.
+fn unique_user(prefix: &str) -> String {
+    let bytes: [u8; 6] = random_bytes().unwrap();
+    format!(
+        "{prefix}-{}",
+        u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], 0, 0])
+    )
+}
+
+// ---- the behaviours ----------------------------------------------------------------
+
+pub async fn create_then_load_returns_the_same_session(s: StoreUnderTest) {
+    let now = now_ms();
+    let mut session = logged_in(now, &unique_user("ann"), Some("admin,dev"));
+    session.data = Some(Arc::new(vec![("cart".into(), "3 items".into())]));
+    session.pinned = Some(cloakroom::upstream::BackendId(42));
+    session.origin = Some(cloakroom::session::ClientOrigin {
+        agent: 1,
+        network: 2,
+    });
+    let ticket = s.create(&session).await;
+    let loaded = s.load(&ticket, now + 1).await.expect("live session");
+    assert_eq!(loaded.public_id, session.public_id);
+    assert_eq!(loaded.identity, session.identity);
+    assert_eq!(loaded.data, session.data);
+    assert_eq!(loaded.pinned, session.pinned);
+    assert_eq!(loaded.origin, session.origin);
+    assert_eq!(loaded.created, session.created);
+}
+
+pub async fn forged_or_unknown_tickets_are_no_session(s: StoreUnderTest) {
+    let now = now_ms();
+    let ticket = s.create(&anonymous(now)).await;
+    let mut bytes = ticket.clone().into_bytes();
+    let i = bytes.len() / 2;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    assert!(s.load(&tampered, now).await.is_none());
+    assert!(s.load("", now).await.is_none());
+    assert!(s.load("not-a-ticket", now).await.is_none());
+    if s.kind == Kind::Server {
+        // Authentic, but the store never held it.
+        let stranger = s.codec.seal(&Token(random_bytes().unwrap()));
+        assert!(s.load(&stranger, now).await.is_none());
+    }
+}
+
+pub async fn idle_expiry_slides_with_use(s: StoreUnderTest) {
+    let t0 = now_ms();
+    let mut ticket = s.create(&anonymous(t0)).await;
+    let mut now = t0;
+    for _ in 0..3 {
+        now += IDLE_MS * 8 / 10;
+        let mut live = s
+            .load(&ticket, now)
+            .await
+            .expect("used within idle_timeout");
+        if s.kind == Kind::Cookie {
+            // The proxy re-seals the cookie when its use is recorded.
+            live.last_seen = now;
+            ticket = s.save(&ticket, &live).await;
+        }
+    }
+    assert!(s.load(&ticket, now + IDLE_MS + 1).await.is_none());
+}
+
+pub async fn absolute_expiry_is_not_extended_by_use(s: StoreUnderTest) {
+    let t0 = now_ms();
+    let mut ticket = s.create(&anonymous(t0)).await;
+    let mut now = t0;
+    while now + IDLE_MS / 2 < t0 + ABSOLUTE_MS {
+        now += IDLE_MS / 2;
+        let mut live = s.load(&ticket, now).await.expect("within both limits");
+        if s.kind == Kind::Cookie {
+            live.last_seen = now;
+            ticket = s.save(&ticket, &live).await;
+        }
+    }
+    assert!(s.load(&ticket, t0 + ABSOLUTE_MS).await.is_none());
+}
+
+pub async fn uses_are_recorded_once_the_touch_interval_passed(s: StoreUnderTest) {
+    // With a touch interval, a store may skip recording uses that come sooner (a
+    // read-mostly session then costs one read), but never one that comes later.
+    let t0 = now_ms();
+    let throttled = Expiry {
+        touch_ms: IDLE_MS / 2,
+        ..expiry()
+    };
+    let mut ticket = s.create(&anonymous(t0)).await;
+    let mut now = t0;
+    for _ in 0..3 {
+        now += IDLE_MS * 6 / 10;
+        let mut live = s
+            .load_with(&ticket, now, throttled)
+            .await
+            .expect("a use past the touch interval was recorded");
+        if s.kind == Kind::Cookie && throttled.touch_due(live.last_seen, now) {
+            live.last_seen = now;
+            ticket = s.save(&ticket, &live).await;
+        }
+    }
+    assert!(s
+        .load_with(&ticket, now + IDLE_MS + 1, throttled)
+        .await
+        .is_none());
+}
+
+pub async fn save_replaces_identity_data_and_pin(s: StoreUnderTest) {
+    let now = now_ms();
+    let mut session = anonymous(now);
+    let ticket = s.create(&session).await;
+    session.data = Some(Arc::new(vec![("theme".into(), "dark".into())]));
+    session.pinned = Some(cloakroom::upstream::BackendId(7));
+    let ticket = s.save(&ticket, &session).await;
+    let loaded = s.load(&ticket, now + 1).await.unwrap();
+    assert_eq!(loaded.data, session.data);
+    assert_eq!(loaded.pinned, session.pinned);
+    session.data = None;
+    let ticket = s.save(&ticket, &session).await;
+    assert_eq!(s.load(&ticket, now + 2).await.unwrap().data, None);
+}
+
+pub async fn regenerate_moves_the_session_and_the_old_ticket_loses_the_identity(s: StoreUnderTest) {
+    let now = now_ms();
+    let anon = anonymous(now);
+    let old = s.create(&anon).await;
+    let user = unique_user("bob");
+    let mut upgraded = anon.clone();
+    upgraded.identity = logged_in(now, &user, Some("admin")).identity;
+    let new = s.regenerate(&old, &upgraded).await;
+    assert_ne!(new, old);
+    let loaded = s.load(&new, now + 1).await.unwrap();
+    assert_eq!(loaded.user(), Some(user.as_str()));
+    assert_eq!(loaded.public_id, anon.public_id);
+    // The old ticket never carries the new identity (server stores: it is dead).
+    let stale = s.load(&old, now + 1).await;
+    match s.kind {
+        Kind::Server => assert!(stale.is_none()),
+        Kind::Cookie => assert_eq!(stale.and_then(|s| s.identity), None),
+    }
+}
+
+pub async fn destroy_ends_the_session_or_only_the_cookie(s: StoreUnderTest) {
+    let now = now_ms();
+    let ticket = s.create(&anonymous(now)).await;
+    match s.kind {
+        Kind::Server => {
+            s.store.destroy(&s.token(&ticket)).await.unwrap();
+            assert!(s.load(&ticket, now + 1).await.is_none());
+            // Destroying an unknown token is fine.
+            s.store
+                .destroy(&Token(random_bytes().unwrap()))
+                .await
+                .unwrap();
+        }
+        // The honest limit: a copy of the cookie lives until it expires.
+        Kind::Cookie => assert!(s.load(&ticket, now + 1).await.is_some()),
+    }
+}
+
+pub async fn destroy_user_ends_every_session_of_that_user_only(s: StoreUnderTest) {
+    if s.kind != Kind::Server {
+        assert!(s.store.destroy_user("anyone").await.is_err());
+        return;
+    }
+    let now = now_ms();
+    let (alice, bob) = (unique_user("alice"), unique_user("bob"));
+    let a1 = s.create(&logged_in(now, &alice, None)).await;
+    let a2 = s.create(&logged_in(now, &alice, Some("admin"))).await;
+    let b1 = s.create(&logged_in(now, &bob, None)).await;
+    assert_eq!(s.store.destroy_user(&alice).await.unwrap(), 2);
+    assert!(s.load(&a1, now + 1).await.is_none());
+    assert!(s.load(&a2, now + 1).await.is_none());
+    assert!(s.load(&b1, now + 1).await.is_some());
+    assert_eq!(s.store.destroy_user(&alice).await.unwrap(), 0);
+}
+
+pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest) {
+    if s.kind != Kind::Server {
+        assert!(s.store.list_user("anyone", 0, expiry()).await.is_err());
+        return;
+    }
+    let now = now_ms();
+    let (carl, dana) = (unique_user("carl"), unique_user("dana"));
+    let c1 = s.create(&logged_in(now, &carl, Some("dev"))).await;
+    s.create(&logged_in(now, &carl, None)).await;
+    let listed = s.store.list_user(&carl, now + 1, expiry()).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|i| i.user.as_deref() == Some(carl.as_str())));
+    assert!(listed.iter().any(|i| i.roles.as_deref() == Some("dev")));
+    // A session whose user changed lists under its new user only.
+    let mut moved = s.load(&c1, now + 1).await.unwrap();
+    moved.identity = logged_in(now, &dana, None).identity;
+    s.save(&c1, &moved).await;
+    assert_eq!(
+        s.store
+            .list_user(&carl, now + 2, expiry())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.store
+            .list_user(&dana, now + 2, expiry())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Expired sessions are not listed.
+    let later = now + IDLE_MS + 10;
+    assert!(s
+        .store
+        .list_user(&carl, later, expiry())
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn destroy_public_ends_the_session_with_that_public_id(s: StoreUnderTest) {
+    if s.kind != Kind::Server {
+        return;
+    }
+    let now = now_ms();
+    let session = anonymous(now);
+    let ticket = s.create(&session).await;
+    assert!(s.store.destroy_public(&session.public_id).await.unwrap());
+    assert!(s.load(&ticket, now + 1).await.is_none());
+    assert!(!s.store.destroy_public(&session.public_id).await.unwrap());
+}
+
+pub async fn count_grows_with_sessions(s: StoreUnderTest) {
+    if s.kind != Kind::Server {
+        assert!(s.store.count().await.is_err());
+        return;
+    }
+    let now = now_ms();
+    let before = s.store.count().await.unwrap();
+    for _ in 0..3 {
+        s.create(&anonymous(now)).await;
+    }
+    assert!(s.store.count().await.unwrap() >= before + 3);
+}
+
+pub async fn previous_secrets_keep_tickets_valid_during_rotation(mut s: StoreUnderTest) {
+    let now = now_ms();
+    let ticket = s.create(&logged_in(now, &unique_user("erin"), None)).await;
+    s.rotate();
+    assert!(
+        s.load(&ticket, now + 1).await.is_some(),
+        "a ticket made under the previous secret still opens"
+    );
+    let fresh = s.create(&anonymous(now)).await;
+    s.retire();
+    assert!(
+        s.load(&ticket, now + 1).await.is_none(),
+        "a retired secret opens nothing"
+    );
+    assert!(
+        s.load(&fresh, now + 1).await.is_some(),
+        "new tickets use the new secret"
+    );
+}
+
+pub async fn sessions_survive_a_restart(mut s: StoreUnderTest) {
+    let Some(restart) = s.restart.take() else {
+        return;
+    };
+    let now = now_ms();
+    let user = unique_user("fay");
+    let ticket = s.create(&logged_in(now, &user, Some("ops"))).await;
+    let expired = s.create(&anonymous(now - IDLE_MS - 1)).await;
+    s.store = restart().await;
+    let loaded = s
+        .load(&ticket, now + 1)
+        .await
+        .expect("survived the restart");
+    assert_eq!(loaded.user(), Some(user.as_str()));
+    assert!(s.load(&expired, now + 1).await.is_none());
+}
+
+/// Runs every behaviour against the store `$make` builds (an `async fn() ->
+/// StoreUnderTest`), one `#[tokio::test]` each.
+macro_rules! conformance {
+    ($store:ident, $make:expr) => {
+        mod $store {
+            use super::*;
+            conformance!(@tests $make;
+                create_then_load_returns_the_same_session,
+                forged_or_unknown_tickets_are_no_session,
+                idle_expiry_slides_with_use,
+                absolute_expiry_is_not_extended_by_use,
+                uses_are_recorded_once_the_touch_interval_passed,
+                save_replaces_identity_data_and_pin,
+                regenerate_moves_the_session_and_the_old_ticket_loses_the_identity,
+                destroy_ends_the_session_or_only_the_cookie,
+                destroy_user_ends_every_session_of_that_user_only,
+                list_user_lists_live_sessions_of_the_current_user,
+                destroy_public_ends_the_session_with_that_public_id,
+                count_grows_with_sessions,
+                previous_secrets_keep_tickets_valid_during_rotation,
+                sessions_survive_a_restart,
+            );
+        }
+    };
+    (@tests $make:expr; $($behaviour:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() {
+                common::init_tracing();
+                super::$behaviour($make().await).await;
+            }
+        )*
+    };
+}
+
+async fn memory_store() -> StoreUnderTest {
+    StoreUnderTest::server(Arc::new(MemoryStore::new(10_000)), Box::new(()))
+}
+
+/// The memory store with `persist`: a restart saves the snapshot and loads it into a
+/// new store, as a proxy does at shutdown and start.
+async fn persisted_memory_store() -> StoreUnderTest {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let path = dir.path().join("sessions.snap");
+    let first = Snapshots::new(
+        Arc::new(MemoryStore::new(10_000)),
+        path.clone(),
+        Duration::from_secs(30),
+    );
+    let current = Arc::new(std::sync::Mutex::new(first.clone()));
+    StoreUnderTest::server(first.store(), Box::new(dir)).with_restart(move || {
+        let current = current.clone();
+        let path = path.clone();
+        Box::pin(async move {
+            let old = current.lock().unwrap().clone();
+            old.save(expiry()).unwrap();
+            let next = Snapshots::new(
+                Arc::new(MemoryStore::new(10_000)),
+                path,
+                Duration::from_secs(30),
+            );
+            next.load(expiry());
+            *current.lock().unwrap() = next.clone();
+            next.store() as Arc<dyn SessionStore>
+        })
+    })
+}
+
+async fn cookie_store() -> StoreUnderTest {
+    StoreUnderTest::cookie()
+}
+
+conformance!(memory, memory_store);
+conformance!(memory_persist, persisted_memory_store);
+conformance!(cookie, cookie_store);
