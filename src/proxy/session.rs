@@ -344,6 +344,11 @@ pub(crate) async fn commit(
         if reseal || identity_changed || data_changed || pin_changed {
             outcome.set_cookie = reseal_cookie(rt, sealed, &mut session, before);
         }
+        if matches!(handle, Handle::New) {
+            state.metrics.sessions_created.inc();
+        } else if identity_changed {
+            state.metrics.sessions_regenerated.inc();
+        }
         return Ok(());
     }
     match handle {
