@@ -175,11 +175,14 @@ pub async fn run(
     drop((acceptor, https));
 
     let mut accept_loops = JoinSet::new();
+    let mut admin_loop = JoinSet::new();
+    let admin_stop = Arc::new(shutdown::Signal::default());
     if let Some(http) = listeners.http {
         accept_loops.spawn(redirect::serve(http, https_port, state.stop.clone()));
     }
     if let Some(admin) = listeners.admin {
-        accept_loops.spawn(admin::serve(admin, state.clone()));
+        // The admin listener outlives the drain, so probes see /readyz fail meanwhile.
+        admin_loop.spawn(admin::serve(admin, state.clone(), admin_stop.clone()));
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
@@ -229,6 +232,8 @@ pub async fn run(
         }
     })
     .await;
+    admin_stop.raise();
+    while admin_loop.join_next().await.is_some() {}
     background.shutdown().await;
     if let Some(snapshots) = opened.snapshots {
         // After the last connection: nothing changes the sessions any more.

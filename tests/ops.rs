@@ -457,3 +457,74 @@ async fn readyz_fails_while_every_server_of_an_upstream_is_down_and_recovers() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn readyz_fails_while_connections_drain_at_shutdown() {
+    let slow = common::MockUpstream::start("slow").await;
+    slow.set_delay(std::time::Duration::from_secs(3));
+    let proxy = TestProxy::builder()
+        .config(format!(
+            "[timeouts]\nshutdown_grace = \"10s\"\n[upstreams.app]\nservers = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nsession = false\n",
+            slow.server()
+        ))
+        .admin_listener()
+        .start()
+        .await;
+    let client = proxy.client_h1();
+    let in_flight = tokio::spawn(client.get(proxy.url("/")).send());
+    poll_until(SOON, "the request reaches the upstream", || async {
+        slow.request_count() == 1
+    })
+    .await;
+    proxy.handle.shutdown();
+    let admin = admin();
+    poll_until(SOON, "/readyz answers 503 stopping", || async {
+        match admin.get(proxy.admin_url("/readyz")).send().await {
+            Ok(r) => r.status() == 503 && r.text().await.unwrap().contains("stopping"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200, "the in-flight request finished");
+}
+
+#[tokio::test]
+async fn cookie_store_answers_501_with_the_reason_on_the_session_admin_paths() {
+    let app = App::start().await;
+    let proxy = TestProxy::builder()
+        .config(session_config(
+            &app,
+            "[session]\nstore = \"cookie\"\nsecret = \"0123456789abcdef0123456789abcdef0123\"\n",
+        ))
+        .admin_listener()
+        .start()
+        .await;
+    let mut browser = Browser::new(&proxy);
+    browser.get(&proxy, "/login?user=erin").await;
+    assert_eq!(browser.get(&proxy, "/").await.1, "erin");
+    let client = admin();
+    for response in [
+        client.get(proxy.admin_url("/sessions?user=erin")).send(),
+        client.delete(proxy.admin_url("/sessions?user=erin")).send(),
+        client.get(proxy.admin_url("/sessions/count")).send(),
+    ] {
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 501);
+        let body = json_of(response).await;
+        assert!(
+            body["error"].as_str().unwrap().contains("not supported"),
+            "{body}"
+        );
+    }
+    // Metrics count sealed sessions too; the sealed session is untouched.
+    let text = scrape(&proxy).await;
+    assert_eq!(metric(&text, "cloakroom_sessions_created_total", &[]), 1.0);
+    let (_, _) = browser.get(&proxy, "/login?user=erin2").await;
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        metric(&text, "cloakroom_sessions_regenerated_total", &[]),
+        1.0
+    );
+    assert_eq!(browser.get(&proxy, "/").await.1, "erin2");
+}

@@ -334,12 +334,15 @@ async fn runs_unprivileged_from_a_read_only_directory_answers_health_and_exits_0
         .unwrap();
     assert_eq!(response.status(), 200);
     if unprivileged.is_some() {
-        let uid = Command::new("ps")
-            .args(["-o", "uid=", "-p", &running.child.id().to_string()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        assert!(uid.is_empty() || uid == "65534", "runs as uid {uid}");
+        // setpriv execs cloakroom in place: the same pid, now uid 65534.
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", running.child.id())).unwrap();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            .unwrap();
+        assert_eq!(uid, "65534", "runs unprivileged");
     }
 
     running.terminate();

@@ -1,6 +1,7 @@
 //! The admin listener (plain HTTP, loopback by default; never on the https listener):
 //! `/healthz`, `/readyz` ([`health`]), `/metrics`, the session admin API
-//! ([`sessions`]) and `POST /reload` ([`reload`]).
+//! ([`sessions`]) and `POST /reload` ([`reload`]). It keeps serving while client
+//! connections drain at shutdown (`/readyz` is 503 then).
 //!
 //! With `listen.admin_token` set, every path but `/healthz` and `/readyz` (probes)
 //! needs `Authorization: Bearer <token>`, compared in constant time. The token and the
@@ -24,14 +25,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::proxy::ResponseBody;
+use crate::shutdown::Signal;
 use crate::state::AppState;
 
 /// Deadline of an admin request's store call.
 const STORE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves the admin endpoints until shutdown begins.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>) {
-    let stop = state.stop.clone();
+/// Serves the admin endpoints until `stop` is raised: after the client connections
+/// drained, so that `/readyz` answers 503 while they do.
+pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Arc<Signal>) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
