@@ -80,6 +80,21 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Raises the "known down" flag if a command is abandoned before it ends (the caller's
+/// deadline passed first): a command that never answered counts as a failure.
+struct Abandoned<'a> {
+    down: &'a AtomicBool,
+    ended: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.down.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Turns a client error into a store error, keeping timeouts apart. The text names the
 /// kind of failure only (never a key, a value or the URL).
 fn classify(error: &RedisError) -> StoreError {
@@ -174,6 +189,14 @@ impl Connection {
         Ok(link)
     }
 
+    /// Watches one command (see [`Abandoned`]).
+    fn watch(&self) -> Abandoned<'_> {
+        Abandoned {
+            down: &self.down,
+            ended: false,
+        }
+    }
+
     /// Records how a command ended.
     fn settle<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
         match result {
@@ -198,11 +221,13 @@ impl Connection {
 
     /// Runs one command.
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut watch = self.watch();
         let result = match self.link() {
             Ok(Link::Single(mut c)) => cmd.query_async(&mut c).await,
             Ok(Link::Cluster(mut c)) => cmd.query_async(&mut c).await,
             Err(error) => Err(error),
         };
+        watch.ended = true;
         self.settle(result)
     }
 
@@ -211,11 +236,13 @@ impl Connection {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
+        let mut watch = self.watch();
         let result = match self.link() {
             Ok(Link::Single(mut c)) => invocation.invoke_async(&mut c).await,
             Ok(Link::Cluster(mut c)) => invocation.invoke_async(&mut c).await,
             Err(error) => Err(error),
         };
+        watch.ended = true;
         self.settle(result)
     }
 
