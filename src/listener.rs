@@ -380,6 +380,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         activity: activity.clone(),
         cookies: crate::session::CookieCache::default(),
         assertions: crate::assertion::AssertionCache::default(),
+        agents: crate::anomaly::AgentCache::default(),
     });
     let io = DeadlineIo::new(
         stream,

@@ -21,13 +21,14 @@ pub(crate) async fn check(
     ctx: &mut SessionCtx,
     headers: &HeaderMap,
     ip: std::net::IpAddr,
+    agents: &anomaly::AgentCache,
     now: u64,
 ) -> Result<Option<Anomaly>, ProxyError> {
     let mode = rt.config.security.anomaly;
     if mode == AnomalyMode::Off {
         return Ok(None);
     }
-    let current = anomaly::origin(headers.get(USER_AGENT), ip);
+    let current = anomaly::origin_cached(agents, headers.get(USER_AGENT), ip);
     ctx.origin = Some(current);
     let (Some(token), Some(then)) = (ctx.token, ctx.session.origin) else {
         // A new session, or one from before hijack signals: bind it to this client.
