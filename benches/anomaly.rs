@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::net::IpAddr;
 
-use cloakroom::anomaly::{compare, origin};
+use cloakroom::anomaly::{compare, origin, origin_cached, AgentCache};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderValue;
 
@@ -19,6 +19,15 @@ fn anomaly(c: &mut Criterion) {
     });
     group.bench_function("check_safari", |b| {
         b.iter(|| compare(then, origin(Some(black_box(&safari)), black_box(ip))))
+    });
+    let cache = AgentCache::default();
+    group.bench_function("check_chrome_cached", |b| {
+        b.iter(|| {
+            compare(
+                then,
+                origin_cached(&cache, Some(black_box(&chrome)), black_box(ip)),
+            )
+        })
     });
     group.finish();
 }

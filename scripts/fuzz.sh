@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${1:-60}
-targets=(config cookie control router jwt)
+targets=(${FUZZ_TARGETS:-config cookie control router jwt})
 mkdir -p corpus artifacts
 
 if cargo fuzz --version >/dev/null 2>&1; then

@@ -78,11 +78,42 @@ impl Anomaly {
 
 /// The fingerprints of a request from `ip` with `user_agent`.
 pub fn origin(user_agent: Option<&HeaderValue>, ip: IpAddr) -> ClientOrigin {
-    let agent = user_agent.map_or(&b""[..], HeaderValue::as_bytes);
     ClientOrigin {
-        agent: agent_fingerprint(std::str::from_utf8(agent).unwrap_or("")),
+        agent: agent_of(user_agent),
         network: network_fingerprint(ip),
     }
+}
+
+/// Like [`origin`], reusing the connection's last User-Agent fingerprint when the
+/// header is byte-for-byte the same (a browser sends the same one on every request),
+/// so the family is parsed once per connection rather than once per request.
+pub fn origin_cached(
+    cache: &AgentCache,
+    user_agent: Option<&HeaderValue>,
+    ip: IpAddr,
+) -> ClientOrigin {
+    let network = network_fingerprint(ip);
+    let mut slot = crate::lock(&cache.0);
+    if let Some((seen, agent)) = slot.as_ref() {
+        if seen.as_ref() == user_agent {
+            return ClientOrigin {
+                agent: *agent,
+                network,
+            };
+        }
+    }
+    let agent = agent_of(user_agent);
+    *slot = Some((user_agent.cloned(), agent));
+    ClientOrigin { agent, network }
+}
+
+/// A connection's last User-Agent and its fingerprint.
+#[derive(Debug, Default)]
+pub struct AgentCache(std::sync::Mutex<Option<(Option<HeaderValue>, u32)>>);
+
+fn agent_of(user_agent: Option<&HeaderValue>) -> u32 {
+    let agent = user_agent.map_or(&b""[..], HeaderValue::as_bytes);
+    agent_fingerprint(std::str::from_utf8(agent).unwrap_or(""))
 }
 
 /// What differs between `then` (recorded) and `now`.
@@ -223,6 +254,17 @@ mod tests {
         assert!(!compare(at("192.0.2.10"), at("::ffff:192.0.2.99")).any());
         assert!(!compare(at("2001:db8:1::1"), at("2001:db8:1:ffff::2")).any());
         assert!(compare(at("2001:db8:1::1"), at("2001:db8:2::1")).network);
+    }
+
+    #[test]
+    fn the_cached_origin_is_the_computed_one() {
+        let cache = AgentCache::default();
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        for ua in [CHROME_LINUX, CHROME_LINUX, FIREFOX, CHROME_LINUX] {
+            let ua = HeaderValue::from_str(ua).unwrap();
+            assert_eq!(origin_cached(&cache, Some(&ua), ip), origin(Some(&ua), ip));
+        }
+        assert_eq!(origin_cached(&cache, None, ip), origin(None, ip));
     }
 
     #[test]

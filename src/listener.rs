@@ -384,6 +384,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         conn_no: state.request_ids.next_connection(),
         requests: std::sync::atomic::AtomicU64::new(0),
         assertions: crate::assertion::AssertionCache::default(),
+        agents: crate::anomaly::AgentCache::default(),
     });
     let io = DeadlineIo::new(
         stream,

@@ -22,13 +22,14 @@ pub(crate) async fn check(
     ctx: &mut SessionCtx,
     headers: &HeaderMap,
     ip: std::net::IpAddr,
+    agents: &anomaly::AgentCache,
     now: u64,
 ) -> Result<Option<Anomaly>, ProxyError> {
     let mode = rt.config.security.anomaly;
     if mode == AnomalyMode::Off {
         return Ok(None);
     }
-    let current = anomaly::origin(headers.get(USER_AGENT), ip);
+    let current = anomaly::origin_cached(agents, headers.get(USER_AGENT), ip);
     ctx.origin = Some(current);
     let existing = !matches!(ctx.handle, Handle::New);
     let Some(then) = ctx.session.origin.filter(|_| existing) else {

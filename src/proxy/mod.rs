@@ -44,6 +44,8 @@ pub(crate) struct ConnCtx {
     pub(crate) requests: std::sync::atomic::AtomicU64,
     /// The identity assertion last signed for this connection.
     pub(crate) assertions: crate::assertion::AssertionCache,
+    /// The User-Agent fingerprint last computed for this connection.
+    pub(crate) agents: crate::anomaly::AgentCache,
 }
 
 /// Serves one request; never fails.
