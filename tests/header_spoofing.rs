@@ -112,7 +112,7 @@ async fn underscore_and_dash_spoofs_never_reach_the_upstream_on_any_route_protoc
                 let assertion = seen.one("x-session-assertion");
                 assert_eq!(assertion.is_some(), path == "/", "{case}");
                 assert!(
-                    assertion.map_or(true, |a| a.split('.').count() == 3),
+                    assertion.is_none_or(|a| a.split('.').count() == 3),
                     "{case}"
                 );
             }

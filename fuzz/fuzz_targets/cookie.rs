@@ -1,10 +1,12 @@
-//! Cookie parsing and MAC verification: a fuzzed `Cookie` header never panics and never
-//! opens to a token unless it is a value this codec sealed (round-trip checked).
+//! Cookie parsing, MAC verification and the sealed-cookie store's AEAD: a fuzzed
+//! `Cookie` header or value never panics, never opens to a token unless it is a value
+//! this codec sealed (round-trip checked), and never opens as a sealed session.
 #![no_main]
 
 use std::time::Duration;
 
 use cloakroom::config::{SameSite, SessionConfig, StoreKind};
+use cloakroom::session::store::SealedCodec;
 use cloakroom::session::{CookieCodec, Token};
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -25,7 +27,7 @@ fn codec() -> CookieCodec {
         persist_interval: Duration::from_secs(30),
         touch_interval: Duration::from_secs(180),
     };
-    CookieCodec::new(&config, b"0123456789abcdef0123456789abcdef-fuzz")
+    CookieCodec::new(&config, &[b"0123456789abcdef0123456789abcdef-fuzz"])
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -41,6 +43,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = codec.open(text);
         let _ = codec.is_ours(text);
+        let sealed = SealedCodec::new("__Host-cloakroom", &[b"0123456789abcdef0123456789abcdef-fuzz"]);
+        // Forging an authentic sealed value is the AEAD's job: random input never opens.
+        assert!(sealed.open(text).is_none());
     }
     if data.len() >= 32 {
         let mut bytes = [0u8; 32];
