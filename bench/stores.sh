@@ -2,7 +2,7 @@
 # Session stores compared: the same cloakroom job (bench/compare.sh's: TLS, keep-alive,
 # sticky affinity from the session cookie sent on every request, a session lookup and
 # X-Session-Id injection per request, no access log, `workers = 1`) with the memory
-# store and with the Redis store (a local redis-server, no persistence). Prints
+# store, the Redis store (a local redis-server, no persistence) and the cookie store. Prints
 # requests/s and CPU per request of the proxy (and of Redis) for each, as ratios to the
 # memory store, then Redis memory per session at 100 000 sessions (INFO used_memory).
 #
@@ -147,6 +147,7 @@ bench_store() {
 
 bench_store memory 'store = "memory"'
 bench_store redis "store = \"redis\"\n[session.redis]\nurl = \"redis://127.0.0.1:$REDIS_PORT/0\""
+bench_store cookie 'store = "cookie"'
 
 log "redis memory per session"
 MEMORY=$(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" "$ROOT/target/release/examples/redis_session_memory")
@@ -154,7 +155,7 @@ MEMORY=$(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" "$ROOT/target/release/examp
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 REPORT=$TMP/stores.md
 {
-  echo "# cloakroom session stores: memory vs Redis"
+  echo "# cloakroom session stores: memory vs Redis vs the sealed cookie"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), cloakroom $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(redis-server --version | awk '{print $1, $3}'), $(nproc) cores."
   echo
@@ -170,6 +171,7 @@ REPORT=$TMP/stores.md
   done
   echo
   echo "Redis ÷ memory: throughput **$(ratio "${RPS_OF[redis]}" "${RPS_OF[memory]}")×**, proxy CPU per request **$(ratio "${CPU_OF[redis]}" "${CPU_OF[memory]}")×**."
+  echo "Cookie ÷ memory: throughput **$(ratio "${RPS_OF[cookie]}" "${RPS_OF[memory]}")×**, proxy CPU per request **$(ratio "${CPU_OF[cookie]}" "${CPU_OF[memory]}")×**."
   echo
   echo "Redis memory: $MEMORY."
 } >"$REPORT"

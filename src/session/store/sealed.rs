@@ -210,6 +210,8 @@ mod tests {
     fn seal_open_round_trip_and_size() {
         let codec = SealedCodec::new("__Host-c", &[&[1u8; 32]]);
         let value = codec.seal(&full()).unwrap();
+        // A user, two roles, one data pair, a pin and origin fingerprints.
+        eprintln!("sealed cookie value: {} bytes", value.len());
         assert!(value.len() < 200, "{} chars", value.len());
         assert_eq!(codec.open(&value), Some(full()));
         assert_ne!(codec.seal(&full()).unwrap(), value, "fresh salt per value");
