@@ -84,15 +84,8 @@ fn main() -> ExitCode {
         Some(Command::DemoApps { addrs }) => demo_apps(addrs),
         Some(Command::Schema { table }) => schema(&cli.config, table),
         None => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("cloakroom: cannot start the async runtime: {error}");
-                    return ExitCode::from(1);
-                }
+            let Some(runtime) = main_runtime() else {
+                return ExitCode::from(1);
             };
             let code = runtime.block_on(async {
                 // Buffered log lines reach stderr at least this often.
@@ -134,17 +127,24 @@ fn secret() -> ExitCode {
     }
 }
 
-/// `cloakroom demo-apps ADDR...`: the demo apps alone, until SIGTERM/SIGINT.
-fn demo_apps(addrs: Vec<SocketAddr>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// The current-thread runtime of the main thread (the request workers run their own).
+fn main_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime,
+        Ok(runtime) => Some(runtime),
         Err(error) => {
             eprintln!("cloakroom: cannot start the async runtime: {error}");
-            return ExitCode::from(1);
+            None
         }
+    }
+}
+
+/// `cloakroom demo-apps ADDR...`: the demo apps alone, until SIGTERM/SIGINT.
+fn demo_apps(addrs: Vec<SocketAddr>) -> ExitCode {
+    let Some(runtime) = main_runtime() else {
+        return ExitCode::from(1);
     };
     runtime.block_on(async move {
         let (Ok(mut term), Ok(mut int)) = (

@@ -9,101 +9,20 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cloakroom::config::RedisConfig;
 use cloakroom::session::{
     Expiry, Identity, PublicId, RedisStore, Session, SessionStore, StoreError, Token,
 };
 use common::redis::RedisServer;
+use common::scripted::App;
 use common::{poll_until, TestPki, TestProxy};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use reqwest::StatusCode;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const COOKIE: &str = "__Host-cloakroom";
 const SECRET: &str = "0123456789abcdef0123456789abcdef-redis-test";
-
-// ---------------------------------------------------------------------------------------
-// A scripted upstream: `x-reply: Name: value` request headers become response headers;
-// the body lists the request headers it received.
-// ---------------------------------------------------------------------------------------
-
-struct App {
-    addr: SocketAddr,
-    count: Arc<Mutex<usize>>,
-    accept: JoinHandle<()>,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-impl App {
-    async fn start() -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let count = Arc::new(Mutex::new(0));
-        let shared = count.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(request, shared.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        App {
-            addr,
-            count,
-            accept,
-        }
-    }
-
-    fn requests(&self) -> usize {
-        *self.count.lock().unwrap()
-    }
-}
-
-async fn handle(
-    request: hyper::Request<Incoming>,
-    count: Arc<Mutex<usize>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    *count.lock().unwrap() += 1;
-    let mut listing = String::new();
-    for (name, value) in request.headers() {
-        listing.push_str(&format!(
-            "{}: {}\n",
-            name,
-            String::from_utf8_lossy(value.as_bytes())
-        ));
-    }
-    let mut response = hyper::Response::new(Full::new(Bytes::from(listing)));
-    for reply in request.headers().get_all("x-reply") {
-        let (name, value) = reply.to_str().unwrap().split_once(':').unwrap();
-        response.headers_mut().append(
-            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-            http::HeaderValue::from_str(value.trim()).unwrap(),
-        );
-    }
-    Ok(response)
-}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -502,7 +421,7 @@ async fn killed_redis_gives_503_with_retry_after_within_the_timeout_then_recover
 
     server.kill();
     for cookie in [Some(cookie.as_str()), None, Some(cookie.as_str()), None] {
-        let before = app.requests();
+        let before = app.count();
         let started = Instant::now();
         let reply = get(&p, "/", cookie, &[]).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");
@@ -519,7 +438,7 @@ async fn killed_redis_gives_503_with_retry_after_within_the_timeout_then_recover
         );
         if cookie.is_none() {
             assert_eq!(
-                app.requests(),
+                app.count(),
                 before,
                 "a new session was refused before forwarding"
             );

@@ -362,16 +362,9 @@ impl SessionStore for MemoryStore {
             .iter()
             .filter_map(|t| {
                 let entry = self.sessions.get(t)?;
-                entry.is_live(now, expiry).then(|| {
-                    let session = entry.to_session();
-                    SessionInfo {
-                        public_id: session.public_id,
-                        user: session.user().map(str::to_string),
-                        roles: session.roles().map(str::to_string),
-                        created: session.created,
-                        last_seen: session.last_seen,
-                    }
-                })
+                entry
+                    .is_live(now, expiry)
+                    .then(|| SessionInfo::from(&entry.to_session()))
             })
             .collect())
     }

@@ -80,6 +80,18 @@ pub struct SessionInfo {
     pub last_seen: u64,
 }
 
+impl From<&Session> for SessionInfo {
+    fn from(session: &Session) -> SessionInfo {
+        SessionInfo {
+            public_id: session.public_id,
+            user: session.user().map(str::to_string),
+            roles: session.roles().map(str::to_string),
+            created: session.created,
+            last_seen: session.last_seen,
+        }
+    }
+}
+
 /// A session store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

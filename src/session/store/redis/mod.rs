@@ -448,13 +448,7 @@ impl SessionStore for RedisStore {
             .iter()
             .filter_map(|(_, session)| session.as_ref())
             .filter(|s| expiry.allows(s.created, s.last_seen, now))
-            .map(|s| SessionInfo {
-                public_id: s.public_id,
-                user: s.user().map(str::to_string),
-                roles: s.roles().map(str::to_string),
-                created: s.created,
-                last_seen: s.last_seen,
-            })
+            .map(SessionInfo::from)
             .collect())
     }
 
