@@ -80,7 +80,7 @@ TOML
   pid=$!
   PIDS+=($pid)
   wait_port $PORT
-  cookie=$(curl -sk -D - -o /dev/null "https://127.0.0.1:$PORT/" | tr -d '\r' |
+  cookie=$(curl -sk -H "User-Agent:" -D - -o /dev/null "https://127.0.0.1:$PORT/" | tr -d '\r' |
     awk -F'[:;] *' 'tolower($1)=="set-cookie"{print $2; exit}')
   wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" -H "Cookie: $cookie" "https://127.0.0.1:$PORT/" >/dev/null
   before=$(cpu_ticks $pid)

@@ -144,7 +144,7 @@ run() {
   wait_port "$PORT" "$pid" || { cat "$TMP/cloakroom.out" >&2; die "cloakroom did not start"; }
   url="https://127.0.0.1:$PORT/"
   # One request per URL on one connection, no cookie jar: one new session each.
-  printf "$url %.0s" $(seq "$sessions") | xargs curl -sk --max-time 60 -o /dev/null -D - |
+  printf "$url %.0s" $(seq "$sessions") | xargs curl -sk -H "User-Agent:" --max-time 60 -o /dev/null -D - |
     tr -d '\r' | awk 'tolower($1) == "set-cookie:" { print $2 }' | cut -d';' -f1 >"$TMP/cookies"
   [ "$(wc -l <"$TMP/cookies")" -eq "$sessions" ] || die "$name: expected $sessions cookies"
   if [ "$sessions" -eq 1 ]; then
