@@ -515,3 +515,46 @@ async fn rediss_with_a_private_ca_serves_sessions() {
     let reply = get(&p, "/", Some(&cookie), &[]).await;
     assert_eq!(reply.seen("x-session-user").as_deref(), Some("gus"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_on_one_instance_logs_alice_out_on_both_while_bob_keeps_his_session() {
+    let app = App::start().await;
+    let redis = RedisServer::start().await;
+    let lines = format!("url = \"{}\"\ntimeout = \"250ms\"", redis.url());
+    let a = TestProxy::builder()
+        .config(config(&app, "", &lines))
+        .admin_listener()
+        .start()
+        .await;
+    let b = proxy(&app, &redis, "").await;
+    let alice_on_a = login(&a, "alice").await;
+    let alice_on_b = login(&b, "alice").await;
+    let bob_on_b = login(&b, "bob").await;
+
+    let admin = reqwest::Client::new();
+    let listed = admin
+        .get(a.admin_url("/sessions?user=alice"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed.len(), 2, "both instances' sessions: {listed:?}");
+    assert!(listed.iter().all(|s| s["user"] == "alice"));
+
+    let ended = admin
+        .delete(a.admin_url("/sessions?user=alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::OK);
+    for (proxy, cookie) in [(&a, &alice_on_a), (&b, &alice_on_b)] {
+        let reply = get(proxy, "/", Some(cookie), &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.seen("x-session-user"), None, "alice is logged out");
+    }
+    let bob = get(&a, "/", Some(&bob_on_b), &[]).await;
+    assert_eq!(bob.seen("x-session-user").as_deref(), Some("bob"));
+}
