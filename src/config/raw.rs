@@ -14,6 +14,10 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+mod session;
+
+pub(super) use session::{RawAnomaly, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore};
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,6 +142,11 @@ fn default_connect() -> String {
     "2s".to_owned()
 }
 
+/// `true`, for flags that are on unless turned off.
+fn default_true() -> bool {
+    true
+}
+
 fn default_10s() -> String {
     "10s".to_owned()
 }
@@ -195,174 +204,6 @@ fn default_max_body_bytes() -> u64 {
 
 fn default_max_connections() -> u64 {
     10_000
-}
-
-/// `same_site`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum RawSameSite {
-    Strict,
-    Lax,
-    None,
-}
-
-/// `store`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum RawStore {
-    Memory,
-    Redis,
-    Cookie,
-    Postgres,
-}
-
-/// `[session]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSession {
-    #[serde(default = "default_cookie")]
-    pub(super) cookie: String,
-    #[serde(default = "default_same_site")]
-    pub(super) same_site: RawSameSite,
-    #[serde(default = "default_true")]
-    pub(super) secure: bool,
-    #[serde(default)]
-    pub(super) persistent: bool,
-    #[serde(default = "default_idle_timeout")]
-    pub(super) idle_timeout: String,
-    #[serde(default = "default_absolute_timeout")]
-    pub(super) absolute_timeout: String,
-    #[serde(default = "default_store")]
-    pub(super) store: RawStore,
-    pub(super) secret: Option<String>,
-    #[serde(default = "default_max_sessions")]
-    pub(super) max_sessions: u64,
-    #[serde(default)]
-    pub(super) redis: RawRedis,
-    #[serde(default)]
-    pub(super) previous_secrets: Vec<String>,
-    /// `""` = off.
-    #[serde(default)]
-    pub(super) persist: String,
-    #[serde(default = "default_persist_interval")]
-    pub(super) persist_interval: String,
-    /// Absent = 10 % of `idle_timeout`.
-    pub(super) touch_interval: Option<String>,
-    #[serde(default = "default_anomaly")]
-    pub(super) anomaly: RawAnomaly,
-    #[serde(default)]
-    pub(super) postgres: RawPostgres,
-}
-
-impl Default for RawSession {
-    fn default() -> Self {
-        RawSession {
-            cookie: default_cookie(),
-            same_site: default_same_site(),
-            secure: true,
-            persistent: false,
-            idle_timeout: default_idle_timeout(),
-            absolute_timeout: default_absolute_timeout(),
-            store: default_store(),
-            secret: None,
-            max_sessions: default_max_sessions(),
-            redis: RawRedis::default(),
-            previous_secrets: Vec::new(),
-            persist: String::new(),
-            persist_interval: default_persist_interval(),
-            touch_interval: None,
-            anomaly: default_anomaly(),
-            postgres: RawPostgres::default(),
-        }
-    }
-}
-
-/// `session.anomaly`
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum RawAnomaly {
-    Off,
-    Flag,
-    End,
-}
-
-fn default_anomaly() -> RawAnomaly {
-    RawAnomaly::Flag
-}
-
-fn default_cookie() -> String {
-    "__Host-cloakroom".to_owned()
-}
-
-fn default_same_site() -> RawSameSite {
-    RawSameSite::Lax
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_idle_timeout() -> String {
-    "30m".to_owned()
-}
-
-fn default_absolute_timeout() -> String {
-    "12h".to_owned()
-}
-
-fn default_persist_interval() -> String {
-    "30s".to_owned()
-}
-
-fn default_store() -> RawStore {
-    RawStore::Memory
-}
-
-fn default_max_sessions() -> u64 {
-    1_000_000
-}
-
-/// `[session.redis]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawRedis {
-    #[serde(default = "default_redis_url")]
-    pub(super) url: String,
-    #[serde(default = "default_redis_prefix")]
-    pub(super) prefix: String,
-    #[serde(default = "default_redis_timeout")]
-    pub(super) timeout: String,
-    /// Redis Cluster seed nodes; non-empty = Cluster mode (instead of `url`).
-    #[serde(default)]
-    pub(super) urls: Vec<String>,
-    /// PEM file of the authorities a `rediss://` server's certificate may chain to;
-    /// `""` = the system's.
-    #[serde(default)]
-    pub(super) ca: String,
-}
-
-impl Default for RawRedis {
-    fn default() -> Self {
-        RawRedis {
-            url: default_redis_url(),
-            prefix: default_redis_prefix(),
-            timeout: default_redis_timeout(),
-            urls: Vec::new(),
-            ca: String::new(),
-        }
-    }
-}
-
-fn default_redis_url() -> String {
-    "redis://127.0.0.1:6379/0".to_owned()
-}
-
-fn default_redis_prefix() -> String {
-    "cloakroom:".to_owned()
-}
-
-fn default_redis_timeout() -> String {
-    "250ms".to_owned()
 }
 
 /// `[inject]`; `""` turns a header off.
@@ -717,45 +558,4 @@ mod tests {
         let err = toml::from_str::<RawConfig>("[sesion]\n").unwrap_err();
         assert!(err.message().starts_with("unknown field `sesion`"));
     }
-}
-
-/// `[session.postgres]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawPostgres {
-    #[serde(default = "default_postgres_url")]
-    pub(super) url: String,
-    #[serde(default = "default_postgres_table")]
-    pub(super) table: String,
-    #[serde(default = "default_postgres_pool")]
-    pub(super) pool: u64,
-    #[serde(default = "default_postgres_timeout")]
-    pub(super) timeout: String,
-}
-
-impl Default for RawPostgres {
-    fn default() -> Self {
-        RawPostgres {
-            url: default_postgres_url(),
-            table: default_postgres_table(),
-            pool: default_postgres_pool(),
-            timeout: default_postgres_timeout(),
-        }
-    }
-}
-
-fn default_postgres_url() -> String {
-    "postgres://cloakroom@127.0.0.1:5432/cloakroom".to_owned()
-}
-
-fn default_postgres_table() -> String {
-    "cloakroom_sessions".to_owned()
-}
-
-fn default_postgres_pool() -> u64 {
-    16
-}
-
-fn default_postgres_timeout() -> String {
-    "500ms".to_owned()
 }
