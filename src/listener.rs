@@ -385,6 +385,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
         requests: std::sync::atomic::AtomicU64::new(0),
         assertions: crate::assertion::AssertionCache::default(),
         agents: crate::anomaly::AgentCache::default(),
+        flagged: std::sync::atomic::AtomicU64::new(0),
     });
     let io = DeadlineIo::new(
         stream,

@@ -5,7 +5,10 @@
 
 use http::header::{HeaderMap, USER_AGENT};
 
+use std::sync::atomic::Ordering;
+
 use super::session::{store_call, Handle, SessionCtx};
+use super::ConnCtx;
 use super::ProxyError;
 use crate::anomaly::{self, Anomaly};
 use crate::config::AnomalyMode;
@@ -22,14 +25,14 @@ pub(crate) async fn check(
     ctx: &mut SessionCtx,
     headers: &HeaderMap,
     ip: std::net::IpAddr,
-    agents: &anomaly::AgentCache,
+    conn: &ConnCtx,
     now: u64,
 ) -> Result<Option<Anomaly>, ProxyError> {
     let mode = rt.config.security.anomaly;
     if mode == AnomalyMode::Off {
         return Ok(None);
     }
-    let current = anomaly::origin_cached(agents, headers.get(USER_AGENT), ip);
+    let current = anomaly::origin_cached(&conn.agents, headers.get(USER_AGENT), ip);
     ctx.origin = Some(current);
     let existing = !matches!(ctx.handle, Handle::New);
     let Some(then) = ctx.session.origin.filter(|_| existing) else {
@@ -42,16 +45,17 @@ pub(crate) async fn check(
     if !change.any() {
         return Ok(None);
     }
-    tracing::warn!(
-        session = %ctx.session.public_id.encode(),
-        user_agent_changed = change.agent,
-        network_changed = change.network,
-        action = if mode == AnomalyMode::End { "end" } else { "flag" },
-        "session used by another client family or network"
-    );
     if mode == AnomalyMode::Flag {
+        // Every request is flagged to the upstream; the log warns once per session and
+        // connection, so a hijacked session does not flood it at request rate.
+        let id = ctx.session.public_id.0;
+        let key = u64::from_le_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]]);
+        if conn.flagged.swap(key, Ordering::Relaxed) != key {
+            warn_anomaly(&ctx.session.public_id, change, "flag");
+        }
         return Ok(Some(change));
     }
+    warn_anomaly(&ctx.session.public_id, change, "end");
     // `end`: as a logout; the request goes on with a fresh anonymous session.
     // A sealed session has nothing on the server: the fresh session's cookie replaces it.
     if let Handle::Stored(token) = &ctx.handle {
@@ -68,4 +72,15 @@ pub(crate) async fn check(
         origin_changed: false,
     };
     Ok(None)
+}
+
+/// The warning for a session used by another client (its public id, never its cookie).
+fn warn_anomaly(public_id: &PublicId, change: Anomaly, action: &'static str) {
+    tracing::warn!(
+        session = %public_id.encode(),
+        user_agent_changed = change.agent,
+        network_changed = change.network,
+        action,
+        "session used by another client family or network"
+    );
 }

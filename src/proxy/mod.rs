@@ -46,6 +46,10 @@ pub(crate) struct ConnCtx {
     pub(crate) assertions: crate::assertion::AssertionCache,
     /// The User-Agent fingerprint last computed for this connection.
     pub(crate) agents: crate::anomaly::AgentCache,
+    /// The first 8 bytes of the public id of the session last flagged as used by
+    /// another client on this connection (0: none), so a flagged session logs one
+    /// warning per connection, not one per request.
+    pub(crate) flagged: std::sync::atomic::AtomicU64,
 }
 
 /// Serves one request; never fails.

@@ -125,16 +125,8 @@ pub(crate) async fn run(
             .map_err(ProxyError::RateLimited)?;
         }
         if let Some(ip) = client_ip.filter(|_| anomaly_on) {
-            anomaly = super::hijack::check(
-                state,
-                rt,
-                &mut ctx,
-                request.headers(),
-                ip,
-                &conn.agents,
-                now,
-            )
-            .await?;
+            anomaly =
+                super::hijack::check(state, rt, &mut ctx, request.headers(), ip, conn, now).await?;
         }
         log.session = Some(ctx.session.public_id);
         log.identity.clone_from(&ctx.session.identity);
