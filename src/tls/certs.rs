@@ -46,7 +46,7 @@ impl CertTable {
 
 /// Loads every certificate the config names. Blocking file IO.
 pub fn load_cert_table(tls: &TlsConfig) -> Result<CertTable, TlsError> {
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = super::provider();
     let default = load_pair(&provider, &tls.default, "tls")?;
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
