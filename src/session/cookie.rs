@@ -159,7 +159,11 @@ impl CookieCodec {
         text.push('=');
         text.push_str(value);
         text.push_str(&self.attributes);
-        HeaderValue::from_str(&text).ok()
+        // The String's buffer becomes the header's (no second copy).
+        let mut header = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()?;
+        // A secret, unique per session: HTTP/2 must never put it in the HPACK table.
+        header.set_sensitive(true);
+        Some(header)
     }
 
     /// `Set-Cookie` that makes the browser drop the cookie.
@@ -355,6 +359,7 @@ mod tests {
     fn set_cookie_attributes() {
         let c = codec();
         let v = c.set_cookie(&Token([0u8; 32])).unwrap();
+        assert!(v.is_sensitive(), "never indexed by HPACK");
         let v = v.to_str().unwrap();
         assert!(v.starts_with("__Host-cr="));
         assert!(
