@@ -119,12 +119,10 @@ record() {
   shift 5
   VALS[$row|$proxy]="${VALS[$row|$proxy]:-} $value"
   ERRORS[$row|$proxy]=$((${ERRORS[$row|$proxy]:-0} + errs))
-  # "proxy/client" share of a core, for the client-bottleneck note under the table.
-  if [[ "$*" =~ client_busy=([0-9]+)% ]]; then
-    local p="-"
-    [[ "$*" =~ proxy_busy=([0-9]+)% ]] && p=${BASH_REMATCH[1]}
-    [[ "$*" =~ client_busy=([0-9]+)% ]]
-    BUSY[$row|$proxy]="$p/${BASH_REMATCH[1]}"
+  # Who kept the two cores busy, for the note under the table.
+  if [[ "$*" =~ proxy_busy=([0-9]+)%\ upstream_busy=([0-9]+)%\ client_busy=([0-9]+)%\ core[0-9]+=([0-9]+)%\ core[0-9]+=([0-9]+)% ]]; then
+    local m=("${BASH_REMATCH[@]}")
+    BUSY[$row|$proxy]="${m[1]} of ${m[4]} · ${m[3]}+${m[2]} of ${m[5]}"
   fi
   printf '%-10s %-9s rep %s  %-10s errors=%s %s\n' "$row" "$proxy" "$rep" "$value" "$errs" "$*" >>"$RAW"
   log "$row $proxy rep $rep: $value (errors $errs; $*)"
@@ -159,18 +157,17 @@ h2load_run() {
 
 # CPU per request of a wrk run after a warm-up: wrk_cpu ROW NAME REP CONNS [wrk options]
 wrk_cpu() {
-  local row=$1 name=$2 rep=$3 conns=$4 before after
+  local row=$1 name=$2 rep=$3 conns=$4
   shift 4
   wrk_run "$conns" "$WARMUP" "$TMP/warm.out" "$@"
-  before=$(cpu_ticks "$PROXY_PID")
+  window_open
   wrk_run "$conns" "$DURATION" "$TMP/wrk.out" "$@"
-  after=$(cpu_ticks "$PROXY_PID")
   parse_wrk "$TMP/wrk.out"
+  window_close "$DUR_S"
   [ "$REQS" -gt 0 ] || die "wrk completed no request against $name"
-  record "$row" "$name" "$rep" "$(per_unit_us $((after - before)) "$REQS")" "$ERRS" \
+  record "$row" "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" \
     "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')" \
-    "p99_ms=$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')" \
-    "proxy_busy=$(busy_pct $((after - before)) "$DUR_S")%" "client_busy=$CLIENT_BUSY%"
+    "p99_ms=$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')"
 }
 
 # --- the jobs: one rep of one row against the running proxy ------------------------------------
@@ -186,68 +183,63 @@ job_newsess() {
 }
 
 job_h2() {
-  local name=$1 rep=$2 before after
+  local name=$1 rep=$2
   prepare "$name" "$H2LOAD_UA"
   h2load_run "$TMP/warm.out" -c10 -m5 -D "$WARMUP" -H "cookie: $COOKIE"
-  before=$(cpu_ticks "$PROXY_PID")
+  window_open
   h2load_run "$TMP/h2.out" -c10 -m5 -D "$DURATION" -H "cookie: $COOKIE"
-  after=$(cpu_ticks "$PROXY_PID")
+  window_close "$DURATION"
   parse_h2load "$TMP/h2.out"
   grep -q '^Application protocol: h2' "$TMP/h2.out" || die "$name did not negotiate h2"
-  record h2 "$name" "$rep" "$(per_unit_us $((after - before)) "$REQS")" "$ERRS" \
-    "reqs=$REQS proxy_busy=$(busy_pct $((after - before)) "$DURATION")% client_busy=$CLIENT_BUSY%"
+  record h2 "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" "reqs=$REQS"
 }
 
 job_fixed() {
-  local name=$1 rep=$2 before after rate=(--h1 -c50 --rps=200)
+  local name=$1 rep=$2 rate=(--h1 -c50 --rps=200)
   prepare "$name" "$H2LOAD_UA"
   h2load_run "$TMP/warm.out" "${rate[@]}" -D "$WARMUP" -H "cookie: $COOKIE"
-  before=$(cpu_ticks "$PROXY_PID")
+  window_open
   h2load_run "$TMP/fixed.out" "${rate[@]}" -D "$DURATION" -H "cookie: $COOKIE" \
     --log-file="$TMP/fixed.log"
-  after=$(cpu_ticks "$PROXY_PID")
+  window_close "$DURATION"
   parse_h2load "$TMP/fixed.out"
   log_percentiles "$TMP/fixed.log"
-  local details
-  details="reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')"
-  details="$details cpu_us/req=$(per_unit_us $((after - before)) "$REQS")"
-  details="$details proxy_busy=$(busy_pct $((after - before)) "$DURATION")% client_busy=$CLIENT_BUSY%"
-  record fixed_p50 "$name" "$rep" "$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" "$ERRS" "$details"
+  record fixed_p50 "$name" "$rep" "$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" "$ERRS" \
+    "$LOAD" "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')" \
+    "cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
   record fixed_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" 0 "(same run)"
 }
 
 job_closed() {
-  local name=$1 rep=$2 before after
+  local name=$1 rep=$2
   prepare "$name" ""
   wrk_run 50 "$WARMUP" "$TMP/warm.out" -H "Cookie: $COOKIE"
-  before=$(cpu_ticks "$PROXY_PID")
+  window_open
   wrk_run 50 "$DURATION" "$TMP/wrk.out" -H "Cookie: $COOKIE"
-  after=$(cpu_ticks "$PROXY_PID")
   parse_wrk "$TMP/wrk.out"
+  window_close "$DUR_S"
   record closed_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" "$ERRS" \
-    "reqs=$REQS p50_ms=$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" \
-    "cpu_us/req=$(per_unit_us $((after - before)) "$REQS")" \
-    "proxy_busy=$(busy_pct $((after - before)) "$DUR_S")% client_busy=$CLIENT_BUSY%"
+    "$LOAD" "reqs=$REQS p50_ms=$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" \
+    "cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
 }
 
 # A new client (TLS connection, full handshake) per request at HS_RATE connections/s.
 job_handshake() {
-  local name=$1 rep=$2 before after n reuse
+  local name=$1 rep=$2 n reuse=""
   prepare "$name" "$H2LOAD_UA"
   n=$((HS_RATE * WARMUP))
   h2load_run "$TMP/warm.out" --h1 -r "$HS_RATE" -c "$n" -n "$n" -H "cookie: $COOKIE"
   n=$((HS_RATE * DURATION))
-  before=$(cpu_ticks "$PROXY_PID")
+  window_open
   h2load_run "$TMP/hs.out" --h1 -r "$HS_RATE" -c "$n" -n "$n" -H "cookie: $COOKIE"
-  after=$(cpu_ticks "$PROXY_PID")
   parse_h2load "$TMP/hs.out" count
+  window_close "$DUR_S"
   if [ "$name" = haproxy ]; then
     reuse=$(haproxy_reuse_pct)
     [ "$reuse" = 0 ] || die "handshake row: HAProxy reports ${reuse}% resumed TLS sessions"
   fi
-  record handshake "$name" "$rep" "$(per_unit_us $((after - before)) "$REQS")" "$ERRS" \
-    "conns=$REQS secs=$DUR_S proxy_busy=$(busy_pct $((after - before)) "$DUR_S")% client_busy=$CLIENT_BUSY%" \
-    "${reuse:+haproxy_reuse=$reuse%}"
+  record handshake "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" \
+    "conns=$REQS secs=$DUR_S${reuse:+ haproxy_reuse=$reuse%}"
 }
 
 # RSS per idle TLS keep-alive connection: IDLE_CONNS connections, one request each, idle.
@@ -256,17 +248,19 @@ job_idle() {
   prepare "$name" ""
   rm -f "$TMP/idle.ready" "$TMP/idle.stop"
   before=$(rss_bytes "$PROXY_PID")
-  timeout 300 taskset -c "$PIN_CLIENT" python3 "$BENCH/idle_conns.py" --port "$PROXY_PORT" \
+  # Bounded by a rate of at least 50 connections/s.
+  local wait_s=$((IDLE_CONNS / 50 + 60))
+  timeout $((wait_s + 60)) taskset -c "$PIN_CLIENT" python3 "$BENCH/idle_conns.py" --port "$PROXY_PORT" \
     --conns "$IDLE_CONNS" --cookie "$COOKIE" --ready-file "$TMP/idle.ready" \
     --stop-file "$TMP/idle.stop" >"$TMP/idle.out" 2>&1 &
   local client=$!
   PIDS+=("$client")
-  for _ in $(seq 2400); do
+  for _ in $(seq $((wait_s * 10))); do
     [ -e "$TMP/idle.ready" ] && break
     kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.out" >&2; die "idle_conns.py failed"; }
     sleep 0.1
   done
-  [ -e "$TMP/idle.ready" ] || die "idle connections not open after 240 s"
+  [ -e "$TMP/idle.ready" ] || die "idle connections not open after $wait_s s"
   sleep 1
   after=$(rss_bytes "$PROXY_PID")
   established=$(ss -Htn state established "( sport = :$PROXY_PORT )" | wc -l)
@@ -295,7 +289,9 @@ job_session() {
   c0=$(metric cloakroom_sessions_created_total)
   [ -n "$c0" ] || die "cloakroom_sessions_created_total is not in /metrics"
   before=$(rss_bytes "$PROXY_PID")
-  h2load_run "$TMP/sess.out" --h1 -n "$SESSIONS" -c 50
+  # Bounded by a rate of at least 2,000 sessions/s.
+  timed "$TMP/sess.out" timeout $((SESSIONS / 2000 + 60)) taskset -c "$PIN_CLIENT" \
+    h2load --h1 -n "$SESSIONS" -c 50 "$URL"
   parse_h2load "$TMP/sess.out" count
   sleep 1
   after=$(rss_bytes "$PROXY_PID")

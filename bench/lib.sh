@@ -129,6 +129,33 @@ per_unit_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { printf "%.2f",
 # Share of one core, %: busy_pct TICKS SECONDS
 busy_pct() { awk -v t="$1" -v hz="$CLK_TCK" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? t / hz / s * 100 : 0) }'; }
 
+# Busy and total jiffies of the proxy's core and of the clients' core, from /proc/stat.
+core_jiffies() {
+  awk -v a="cpu$PIN_PROXY" -v b="cpu$PIN_CLIENT" '$1 == a || $1 == b {
+      busy = $2 + $3 + $4 + $7 + $8 + $9; printf "%d %d ", busy, busy + $5 + $6 }' /proc/stat
+}
+
+# The measured window of a run: window_open before it, window_close SECONDS after it.
+# Sets TICKS (the proxy's CPU ticks in the window) and LOAD: the proxy's, the upstream's
+# and the client's share of a core, and how busy each of the two cores was in all (other
+# work on the machine shows as a core busier than what runs on it).
+window_open() {
+  W_PROXY=$(cpu_ticks "$PROXY_PID")
+  W_UP=$(cpu_ticks "$UPSTREAM_PID")
+  W_CORES=$(core_jiffies)
+}
+
+window_close() {
+  local secs=$1 up cores
+  TICKS=$(($(cpu_ticks "$PROXY_PID") - W_PROXY))
+  up=$(($(cpu_ticks "$UPSTREAM_PID") - W_UP))
+  cores=$(awk -v s="$W_CORES" -v e="$(core_jiffies)" 'BEGIN { split(s, a); split(e, b)
+      printf "%.0f %.0f", (b[2] > a[2] ? (b[1] - a[1]) * 100 / (b[2] - a[2]) : 0),
+        (b[4] > a[4] ? (b[3] - a[3]) * 100 / (b[4] - a[4]) : 0) }')
+  LOAD="proxy_busy=$(busy_pct "$TICKS" "$secs")% upstream_busy=$(busy_pct "$up" "$secs")%"
+  LOAD="$LOAD client_busy=$CLIENT_BUSY% core$PIN_PROXY=${cores% *}% core$PIN_CLIENT=${cores#* }%"
+}
+
 # --- the proxies ---------------------------------------------------------------------------
 
 start_upstream() {

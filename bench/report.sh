@@ -92,13 +92,15 @@ write_report() {
     echo "| $label | $c_hp | $c_ng | $c_cr | $ratio | $target |"
   done < <(report_rows)
   echo
-  echo "Share of one core busy in the last rep, proxy/client % (HAProxy; nginx; cloakroom). A client"
-  echo "near 100 % bounds the row: the proxy was not saturated, and a figure per request is still"
-  echo "valid, a throughput is not."
+  echo "Who kept the cores busy (last rep; % of one core): \"proxy of core $PIN_PROXY · client+upstream of"
+  echo "core $PIN_CLIENT\". A core busier than what runs on it had other work on it (the machine is"
+  echo "shared); a client near 100 % bounds its row (figures per request stay valid, rates do not)."
   echo
+  echo "| job | HAProxy | nginx | cloakroom |"
+  echo "| --- | --- | --- | --- |"
   while IFS='|' read -r id label _; do
     [ -n "${BUSY[$id|cloakroom]:-}${BUSY[$id|haproxy]:-}" ] || continue
-    echo "- ${label%%:*}: ${BUSY[$id|haproxy]:--}; ${BUSY[$id|nginx]:--}; ${BUSY[$id|cloakroom]:--}"
+    echo "| ${label%%(*} | ${BUSY[$id|haproxy]:--} | ${BUSY[$id|nginx]:--} | ${BUSY[$id|cloakroom]:--} |"
   done < <(report_rows)
   echo
   echo "Straight to the upstream (plain HTTP, wrk -c32, no proxy): $BASE_RPS req/s."
