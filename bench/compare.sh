@@ -22,6 +22,8 @@
 #              -r: a new client per connection and no TLS session reuse; wrk would
 #              resume sessions after "Connection: close", see below)
 #   idle       10,000 idle TLS keep-alive connections (bench/idle_conns.py) bytes/conn
+#              (fewer, said in the table, where the open-file hard limit is too low
+#              for HAProxy's 2 descriptors per maxconn and cannot be raised)
 #   session    1,000,000 anonymous sessions, cloakroom only (h2load)       bytes/session
 # Each row: median of REPS reps; a rep starts the proxy afresh, warms it up for WARMUP s,
 # then measures for DURATION s. Errors (status >= 400, socket errors) must be 0 on every
@@ -29,7 +31,7 @@
 #
 # One command from a fresh clone (installs haproxy, nginx, wrk, h2load, python3, openssl
 # and curl with apt-get when missing; builds cloakroom in release mode):
-#   bench/compare.sh                  # every row: REPS=3 x DURATION=8 s, about 14 minutes
+#   bench/compare.sh                  # every row: REPS=3 x DURATION=8 s, about 20 minutes
 #   bench/compare.sh --quick          # 1 rep of 2 s, 1,000 idle conns, 100,000 sessions: ~1.5 min
 #   REPS=1 DURATION=5 bench/compare.sh
 #   JOBS="sticky h2" bench/compare.sh # some rows only
@@ -82,8 +84,6 @@ PORT_NGINX=19413
 PORT_ADMIN=19414
 PIN_PROXY=0
 PIN_CLIENT=1
-MAXCONN=$((IDLE_CONNS * 2 + 4096)) # HAProxy maxconn, nginx worker_connections
-NOFILE=$((IDLE_CONNS * 4 + 16384))
 PEERS=(haproxy nginx cloakroom)
 
 export PATH=$PATH:/usr/sbin:/sbin # haproxy and nginx live in sbin

@@ -6,7 +6,7 @@
 # /proc readings, the three proxies' start and stop, and the load clients' parsing.
 # Every function here is used by compare.sh; globals it relies on are set there first:
 # ROOT BENCH TMP PIDS UP1 UP2 PORT_HAPROXY PORT_NGINX PORT_CLOAKROOM PORT_ADMIN
-# MAXCONN NOFILE BIN PIN_PROXY PIN_CLIENT CLK_TCK.
+# MAXCONN WORKER_CONNS NOFILE IDLE_CONNS BIN PIN_PROXY PIN_CLIENT CLK_TCK.
 
 log() { printf 'compare [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
 die() {
@@ -38,13 +38,28 @@ install_tools() {
   fi
 }
 
-# Raises the open-file limit for everything started from here on (10,000 idle client
-# connections need that many descriptors in the client and more in the proxy).
+# Raises the open-file limit for everything started from here on: the idle-connection
+# row needs IDLE_CONNS descriptors in the client and in the proxy, and HAProxy reserves
+# two per maxconn. Where the hard limit cannot be raised (no CAP_SYS_RESOURCE) the row
+# uses as many connections as every proxy can hold, and says so (IDLE_NOTE).
+# Sets NOFILE, IDLE_CONNS, IDLE_NOTE, MAXCONN (HAProxy) and WORKER_CONNS (nginx).
 raise_file_limit() {
-  ulimit -Hn "$NOFILE" 2>/dev/null || true
-  ulimit -Sn "$NOFILE" 2>/dev/null || ulimit -Sn "$(ulimit -Hn)"
-  [ "$(ulimit -Sn)" -ge $((IDLE_CONNS * 2 + 1000)) ] ||
-    die "open-file limit $(ulimit -Sn) is too low for $IDLE_CONNS idle connections (run as root or lower IDLE_CONNS)"
+  local want=$((IDLE_CONNS * 2 + 4096)) most
+  [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$want" ] || ulimit -Hn "$want" 2>/dev/null || true
+  ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
+  NOFILE=$(ulimit -Sn)
+  [ "$NOFILE" = unlimited ] && NOFILE=1048576
+  # HAProxy wants 2 x maxconn + about 30 descriptors; maxconn = IDLE_CONNS + 100.
+  most=$((((NOFILE - 50) / 2 - 100) / 100 * 100))
+  IDLE_NOTE=""
+  if [ "$IDLE_CONNS" -gt "$most" ]; then
+    IDLE_NOTE=" (not $IDLE_CONNS: the file limit here is $NOFILE and cannot be raised, and HAProxy reserves 2 per connection)"
+    log "open-file limit $NOFILE: the idle row uses $most connections, not $IDLE_CONNS"
+    IDLE_CONNS=$most
+  fi
+  [ "$IDLE_CONNS" -ge 100 ] || die "open-file limit $NOFILE is too low for the idle-connection row"
+  MAXCONN=$((IDLE_CONNS + 100))
+  WORKER_CONNS=$((IDLE_CONNS + 1000))
 }
 
 # --- processes we start, and their cleanup ----------------------------------------------
@@ -82,7 +97,7 @@ wait_port() {
 # Fills in the @...@ placeholders of a template: render TEMPLATE PORT [WORKERS].
 render() {
   sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$2|g" \
-    -e "s|@MAXCONN@|$MAXCONN|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKERS@|${3:-1}|g" "$1"
+    -e "s|@MAXCONN@|$MAXCONN|g" -e "s|@WORKER_CONNS@|$WORKER_CONNS|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKERS@|${3:-1}|g" "$1"
 }
 
 # --- /proc readings ----------------------------------------------------------------------

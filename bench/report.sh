@@ -12,7 +12,7 @@ fixed_p50|fixed 10,000 req/s over 50 h1 connections, sticky (h2load --rps): p50 
 fixed_p99|same run: p99 ms|2|ratio|1.0
 closed_p99|closed loop, 50 connections, sticky (wrk -c50): p99 ms|2|ratio|1.2
 handshake|new TLS connection per request, full P-256 handshake ($HS_RATE conn/s, h2load -r): CPU µs/conn|0|ratio|0.5
-idle|RSS per idle TLS keep-alive connection, $IDLE_CONNS connections: bytes/conn|0|ratio|1.0
+idle|RSS per idle TLS keep-alive connection, $IDLE_CONNS connections$IDLE_NOTE: bytes/conn|0|ratio|1.0
 session|RSS per anonymous session, $SESSIONS sessions (cloakroom only): bytes/session|0|bytes|300
 sticky_all|for reference: the sticky row with cloakroom's default workers (one per core, unpinned): CPU µs/req|1|none|
 EOF
