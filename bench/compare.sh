@@ -31,7 +31,7 @@
 #
 # One command from a fresh clone (installs haproxy, nginx, wrk, h2load, python3, openssl
 # and curl with apt-get when missing; builds cloakroom in release mode):
-#   bench/compare.sh                  # every row: REPS=3 x DURATION=8 s, about 20 minutes
+#   bench/compare.sh                  # every row: REPS=3 x DURATION=8 s, about 17 minutes
 #   bench/compare.sh --quick          # 1 rep of 2 s, 1,000 idle conns, 100,000 sessions: ~1.5 min
 #   REPS=1 DURATION=5 bench/compare.sh
 #   JOBS="sticky h2" bench/compare.sh # some rows only
