@@ -1,307 +1,359 @@
 #!/usr/bin/env bash
-# Whole-proxy comparison: cloakroom against HAProxy and nginx doing the same job.
+# The job_* functions are called by name ("job_$job"):
+# shellcheck disable=SC2317
+# Whole-proxy comparison: cloakroom against HAProxy 2.6 and nginx 1.22 doing the same job,
+# side by side in one run, one row per job (GitHub issue 10).
 #
-# Job: TLS termination, HTTP/1.1 keep-alive to the client, pooled keep-alive connections
-# to two upstream servers, sticky affinity decided from a cookie the client sends on
-# every request, no access log. The upstream is one shared nginx instance (one worker)
-# answering a fixed 100-byte body on two ports.
+# Job: TLS termination (self-signed P-256), pooled keep-alive connections to two upstream
+# servers, sticky affinity from a cookie, X-Forwarded-* set (cloakroom also injects
+# X-Session-Id), no access log, one thread each (cloakroom `workers = 1`, HAProxy
+# `nbthread 1`, nginx `worker_processes 1`). The upstream is one shared nginx (one worker)
+# answering a fixed 100-byte body on two ports. Each proxy is pinned to core 0; the
+# clients (wrk, h2load, python3) and the upstream to core 1.
 #
-# The figure that matters is CPU per request: utime+stime of every process of the proxy
-# (from /proc/PID/stat) over the wrk run, divided by the requests wrk completed. Speed is
-# compared as ratios within one run on one machine; absolute numbers mean little.
+# Rows (figures: proxy CPU from /proc, utime+stime of all its processes; latency from the
+# client; RSS from /proc/PID/status):
+#   sticky     h1 keep-alive, sticky cookie on every request (wrk -c32)     CPU µs/req
+#   newsess    h1 keep-alive, no cookie: a new session per request (wrk)   CPU µs/req
+#   h2         h2, 10 connections x 5 streams, sticky cookie (h2load)       CPU µs/req
+#   fixed      10,000 req/s over 50 h1 connections, sticky (h2load --rps)   p50, p99 ms
+#   closed     closed loop, 50 connections, sticky (wrk -c50)              p99 ms
+#   handshake  a new connection per request, full P-256 handshake (h2load  CPU µs/conn
+#              -r: a new client per connection and no TLS session reuse; wrk would
+#              resume sessions after "Connection: close", see below)
+#   idle       10,000 idle TLS keep-alive connections (bench/idle_conns.py) bytes/conn
+#              (fewer, said in the table, where the open-file hard limit is too low
+#              for HAProxy's 2 descriptors per maxconn and cannot be raised)
+#   session    1,000,000 anonymous sessions, cloakroom only (h2load)       bytes/session
+# Each row: median of REPS reps; a rep starts the proxy afresh, warms it up for WARMUP s,
+# then measures for DURATION s. Errors (status >= 400, socket errors) must be 0 on every
+# row: a row with errors is marked and the script exits 1 at the end.
 #
-# Only 127.0.0.1, bounded in time (about 100 s of load plus the build), cleans up every
-# process it started. Writes bench/results/latest.md.
+# One command from a fresh clone (installs haproxy, nginx, wrk, h2load, python3, openssl
+# and curl with apt-get when missing; builds cloakroom in release mode):
+#   bench/compare.sh                  # every row: REPS=3 x DURATION=8 s, about 17 minutes
+#   bench/compare.sh --quick          # 1 rep of 2 s, 1,000 idle conns, 100,000 sessions: ~1.5 min
+#   REPS=1 DURATION=5 bench/compare.sh
+#   JOBS="sticky h2" bench/compare.sh # some rows only
+# Knobs (environment): REPS (3), DURATION (8 s), WARMUP (2 s), IDLE_CONNS (10000),
+# SESSIONS (1000000), HS_RATE (1000 new connections/s in the handshake row), JOBS (all),
+# ALL_CORES_ROW (1: a reference sticky row with cloakroom's default workers, unpinned).
+# Writes bench/results/latest.md (the table, also printed) and latest-raw.txt (per rep).
+# Only 127.0.0.1 (ports 19401-19414), every run bounded by `timeout`, and every process it
+# started is stopped on exit.
 #
-#   bench/compare.sh                 # everything
-#   DURATION=5 bench/compare.sh      # shorter runs (seconds)
-#   ALL_CORES_ROW=0 bench/compare.sh  # skip the cloakroom row with one worker per core
-# The session cookie is fetched without a User-Agent, like wrk sends its requests:
-# with the default session.anomaly = "flag" a cookie used by another client family is
-# flagged and logged on every request, which is not the job being measured.
+# TLS session reuse: Debian's wrk 4.1 keeps one SSL object per connection slot and calls
+# SSL_clear() when it reconnects, so the session stays set and the next handshake is a
+# resumption (HAProxy's stats show 100 % reuse under wrk -H "Connection: close").
+# h2load -r makes each connection a new client with a new SSL object and no session:
+# HAProxy's stats show 0 % reuse, and compare.sh checks that on every handshake rep.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BENCH=$ROOT/bench
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 
-DURATION=${DURATION:-15}   # seconds of measured load per target
-WARMUP=${WARMUP:-2}        # seconds of unmeasured load first
-CONNECTIONS=${CONNECTIONS:-32}
-UP1=19401                  # upstream servers
+QUICK=0
+for arg in "$@"; do
+  case $arg in
+    --quick) QUICK=1 ;;
+    -h | --help) sed -n '/^# Whole-proxy/,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument $arg (see --help)" ;;
+  esac
+done
+if [ "$QUICK" = 1 ]; then
+  REPS=${REPS:-1} DURATION=${DURATION:-2} WARMUP=${WARMUP:-1}
+  IDLE_CONNS=${IDLE_CONNS:-1000} SESSIONS=${SESSIONS:-100000} ALL_CORES_ROW=${ALL_CORES_ROW:-0}
+fi
+REPS=${REPS:-3}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SESSIONS=${SESSIONS:-1000000}
+HS_RATE=${HS_RATE:-1000}
+ALL_CORES_ROW=${ALL_CORES_ROW:-1}
+JOBS=${JOBS:-sticky newsess h2 fixed closed handshake idle session}
+
+UP1=19401 # upstream servers
 UP2=19402
 PORT_CLOAKROOM=19411
 PORT_HAPROXY=19412
 PORT_NGINX=19413
+PORT_ADMIN=19414
+PIN_PROXY=0
+PIN_CLIENT=1
+PEERS=(haproxy nginx cloakroom)
 
-log() { printf 'compare [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+export PATH=$PATH:/usr/sbin:/sbin # haproxy and nginx live in sbin
+install_tools
+raise_file_limit
+CLK_TCK=$(getconf CLK_TCK)
+H2LOAD_UA=$(h2load --version | awk '{ print "h2load nghttp2/" $NF; exit }')
 
-# --- tools -------------------------------------------------------------------------
-need=()
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-export PATH=$PATH:/usr/sbin:/sbin   # haproxy and nginx live in sbin
-
-# --- processes we start, and their cleanup -------------------------------------------
 TMP=$(mktemp -d /tmp/cloakroom-bench.XXXXXX)
-chmod 755 "$TMP"   # nginx workers may run as nobody
+chmod 755 "$TMP" # nginx workers may run as nobody
 PIDS=()
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  log "pid $pid ignored SIGTERM for 5 s: SIGKILL"
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() {
-  local port=$1 pid=$2 i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-# Fills in the @...@ placeholders of a template.
-render() {
-  sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$2|g" "$1"
-}
-
-# CPU ticks (utime+stime) of a process and its direct children (nginx workers).
-cpu_ticks() {
-  local pids total=0 pid fields
-  pids="$1 $(pgrep -P "$1" 2>/dev/null | tr '\n' ' ')"
-  for pid in $pids; do
-    # Fields after the ")" closing the command name: utime and stime are the 12th and 13th.
-    fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
-  done
-  echo "$total"
-}
-
-for port in $UP1 $UP2 $PORT_CLOAKROOM $PORT_HAPROXY $PORT_NGINX; do
+for port in $UP1 $UP2 $PORT_CLOAKROOM $PORT_HAPROXY $PORT_NGINX $PORT_ADMIN; do
   port_free "$port" || die "port $port is in use"
 done
 
-# --- build, certificate, upstream ------------------------------------------------------
 log "cargo build --release"
 cargo build --release --quiet
 BIN=$ROOT/target/release/cloakroom
+make_certificate
+start_upstream
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-  -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
-cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/haproxy.pem"
+# --- results: raw lines per rep, values per row and proxy ----------------------------------
+RAW=$TMP/latest-raw.txt
+declare -A VALS ERRORS BUSY
+TLS_SEEN=""
 
-render "$BENCH/upstream.nginx.conf" 0 >"$TMP/upstream.conf"
-nginx -e "$TMP/upstream-error.log" -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' \
-  >"$TMP/upstream.out" 2>&1 &
-UPSTREAM_PID=$!
-PIDS+=("$UPSTREAM_PID")
-wait_port "$UP1" "$UPSTREAM_PID" && wait_port "$UP2" "$UPSTREAM_PID" ||
-  { cat "$TMP/upstream.out" "$TMP/upstream-error.log" >&2 || true; die "upstream did not start"; }
-
-# --- one load run ------------------------------------------------------------------------
-CLK_TCK=$(getconf CLK_TCK)
-
-# run_wrk URL PID [COOKIE] -> sets REQS RPS P99_US ERRS CPU_US UP_CPU_US
-run_wrk() {
-  local url=$1 pid=$2 cookie=${3:-} before after up_before up_after out line
-  local headers=()
-  [ -n "$cookie" ] && headers=(-H "Cookie: $cookie")
-  timeout $((WARMUP + 10)) wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" "${headers[@]}" "$url" >/dev/null
-  before=$(cpu_ticks "$pid")
-  up_before=$(cpu_ticks "$UPSTREAM_PID")
-  out=$(timeout $((DURATION + 15)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
-    -s "$BENCH/report.lua" "${headers[@]}" "$url")
-  after=$(cpu_ticks "$pid")
-  up_after=$(cpu_ticks "$UPSTREAM_PID")
-  line=$(grep '^WRK ' <<<"$out") || die "no wrk summary for $url: $out"
-  # shellcheck disable=SC2046
-  eval $(sed 's/^WRK //' <<<"$line")   # requests= duration_us= p50_us= p99_us= ...
-  REQS=$requests
-  [ "$REQS" -gt 0 ] || die "wrk completed no request against $url"
-  ERRS=$((status_errors + socket_errors))
-  RPS=$(awk -v r="$REQS" -v d="$duration_us" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-  P99_US=$p99_us
-  CPU_US=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v r="$REQS" \
-    'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
-  UP_CPU_US=$(awk -v t=$((up_after - up_before)) -v hz="$CLK_TCK" -v r="$REQS" \
-    'BEGIN { printf "%.2f", t / hz * 1e6 / r }')
-}
-
-# The cookie a client would send: the first Set-Cookie's name=value, or $2 if none.
-learn_cookie() {
-  local set
-  set=$(curl -sk -H "User-Agent:" --max-time 5 -o /dev/null -D - "$1" | tr -d '\r' |
-    awk 'tolower($1) == "set-cookie:" { print $2; exit }' | cut -d';' -f1)
-  echo "${set:-$2}"
-}
-
-# Sends 20 requests with the cookie; all must answer 200 from one upstream port.
-check_sticky() {
-  local url=$1 cookie=$2 i body ports=""
-  for i in $(seq 20); do
-    body=$(curl -sk --max-time 5 --fail -H "Cookie: $cookie" "$url") ||
-      die "$url answered an error with cookie"
-    ports="$ports $(awk '{print $2}' <<<"$body")"
-  done
-  [ "$(tr ' ' '\n' <<<"$ports" | sed '/^$/d' | sort -u | wc -l)" -eq 1 ] ||
-    die "$url is not sticky with its cookie (upstream ports:$ports)"
-}
-
-tls_of() {
-  openssl s_client -connect "127.0.0.1:$1" -servername localhost </dev/null 2>/dev/null |
-    awk '/^New, / { print $2 " " $NF; exit }'
-}
-
-ROWS=()
-declare -A CPU
-
-# bench_proxy NAME PORT PID FALLBACK_COOKIE
-bench_proxy() {
-  local name=$1 port=$2 pid=$3 fallback=$4 url cookie tls
-  url="https://127.0.0.1:$port/"
-  cookie=$(learn_cookie "$url" "$fallback")
-  check_sticky "$url" "$cookie"
-  tls=$(tls_of "$port")
-  log "$name: wrk ${DURATION}s, cookie ${cookie%%=*}, $tls"
-  run_wrk "$url" "$pid" "$cookie"
-  kill -0 "$pid" 2>/dev/null || die "$name died during the run"
-  CPU[$name]=$CPU_US
-  log "$name: done"
-  ROWS+=("$name|$RPS|$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')|$CPU_US|$UP_CPU_US|$ERRS|$REQS|$tls")
-}
-
-# --- the baseline: straight to the upstream ---------------------------------------------------
-log "baseline: wrk ${DURATION}s straight to the upstream (plain HTTP)"
-run_wrk "http://127.0.0.1:$UP1/" "$UPSTREAM_PID"
-BASE_RPS=$RPS
-ROWS+=("upstream direct (plain HTTP)|$RPS|$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')|-|$UP_CPU_US|$ERRS|$REQS|-")
-
-# --- cloakroom ---------------------------------------------------------------------------------
-render "$BENCH/cloakroom.toml" "$PORT_CLOAKROOM" >"$TMP/cloakroom.toml"
-"$BIN" check -c "$TMP/cloakroom.toml" >"$TMP/cloakroom-check.out" 2>&1 ||
-  { cat "$TMP/cloakroom-check.out" >&2; die "cloakroom check failed"; }
-
-# bench_cloakroom ROW_NAME WORKERS
-bench_cloakroom() {
-  local name=$1 workers=$2
-  sed -E "s|^(https = .*)$|\\1\\nworkers = $workers|" "$TMP/cloakroom.toml" >"$TMP/cloakroom-$workers.toml"
-  RUST_LOG=warn "$BIN" -c "$TMP/cloakroom-$workers.toml" >"$TMP/cloakroom.out" 2>&1 &
-  local pid=$!
-  PIDS+=("$pid")
-  wait_port "$PORT_CLOAKROOM" "$pid" || { cat "$TMP/cloakroom.out" >&2; die "cloakroom did not start"; }
-  bench_proxy "$name" "$PORT_CLOAKROOM" "$pid" ""
-  stop_pid "$pid"
-  if [ -s "$TMP/cloakroom.out" ]; then
-    # Repeated lines once each, with their count (timestamps cut off).
-    log "$name logged:"
-    sed -E 's/^[0-9T:.-]+Z +//' "$TMP/cloakroom.out" | sort | uniq -c | sort -rn | head -10 >&2
+# record ROW PROXY REP VALUE ERRS DETAILS...
+record() {
+  local row=$1 proxy=$2 rep=$3 value=$4 errs=$5
+  shift 5
+  VALS[$row|$proxy]="${VALS[$row|$proxy]:-} $value"
+  ERRORS[$row|$proxy]=$((${ERRORS[$row|$proxy]:-0} + errs))
+  # Who kept the two cores busy, for the note under the table.
+  if [[ "$*" =~ proxy_busy=([0-9]+)%\ upstream_busy=([0-9]+)%\ client_busy=([0-9]+)%\ core[0-9]+=([0-9]+)%\ core[0-9]+=([0-9]+)% ]]; then
+    local m=("${BASH_REMATCH[@]}")
+    BUSY[$row|$proxy]="${m[1]} of ${m[4]} · ${m[3]}+${m[2]} of ${m[5]}"
   fi
+  printf '%-10s %-9s rep %s  %-10s errors=%s %s\n' "$row" "$proxy" "$rep" "$value" "$errs" "$*" >>"$RAW"
+  log "$row $proxy rep $rep: $value (errors $errs; $*)"
 }
 
-# Like for like with the one-thread HAProxy and one-worker nginx: one worker thread.
-# The ratios below use this row.
-bench_cloakroom cloakroom 1
-# For reference: the default, one worker (event loop) per core.
-if [ "${ALL_CORES_ROW:-1}" = 1 ]; then
-  bench_cloakroom "cloakroom (workers = $(nproc), the default)" 0
-fi
+# Sets URL and COOKIE for the proxy under test; the cookie is learned with the load
+# client's User-Agent. nginx sets no cookie: the client sends SRV=s1 and nginx hashes it.
+prepare() {
+  local name=$1 ua=$2 fallback=""
+  URL="https://127.0.0.1:$PROXY_PORT/"
+  [ "$name" = nginx ] && fallback="SRV=s1"
+  COOKIE=$(learn_cookie "$URL" "$ua" "$fallback")
+  [ -n "$COOKIE" ] || die "$name set no cookie"
+  check_sticky "$URL" "$COOKIE" "$ua"
+  [ -n "$TLS_SEEN" ] || TLS_SEEN=$(tls_of "$PROXY_PORT")
+}
 
-# --- haproxy -----------------------------------------------------------------------------------
-render "$BENCH/haproxy.cfg" "$PORT_HAPROXY" >"$TMP/haproxy.cfg"
-haproxy -c -q -f "$TMP/haproxy.cfg" || die "haproxy config check failed"
-haproxy -db -f "$TMP/haproxy.cfg" >"$TMP/haproxy.out" 2>&1 &
-P=$!
-PIDS+=("$P")
-wait_port "$PORT_HAPROXY" "$P" || { cat "$TMP/haproxy.out" >&2; die "haproxy did not start"; }
-bench_proxy haproxy "$PORT_HAPROXY" "$P" ""
-stop_pid "$P"
+# wrk_run CONNECTIONS SECONDS OUTFILE [wrk options...]
+wrk_run() {
+  local conns=$1 secs=$2 out=$3
+  shift 3
+  timed "$out" timeout $((secs + 20)) taskset -c "$PIN_CLIENT" \
+    wrk -t1 -c"$conns" -d"${secs}s" -s "$BENCH/report.lua" "$@" "$URL"
+}
 
-# --- nginx -------------------------------------------------------------------------------------
-render "$BENCH/nginx.conf" "$PORT_NGINX" >"$TMP/nginx.conf"
-nginx -e "$TMP/nginx-error.log" -p "$TMP" -c "$TMP/nginx.conf" -g 'daemon off;' \
-  >"$TMP/nginx.out" 2>&1 &
-P=$!
-PIDS+=("$P")
-wait_port "$PORT_NGINX" "$P" || { cat "$TMP/nginx.out" "$TMP/nginx-error.log" >&2 || true; die "nginx did not start"; }
-# nginx sets no cookie: the client sends SRV=s1 and nginx hashes it.
-bench_proxy nginx "$PORT_NGINX" "$P" "SRV=s1"
-stop_pid "$P"
+# h2load_run OUTFILE [h2load options...]
+h2load_run() {
+  local out=$1
+  shift
+  timed "$out" timeout $((DURATION + WARMUP + 120)) taskset -c "$PIN_CLIENT" h2load "$@" "$URL"
+}
 
-# --- report ----------------------------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-R_HAPROXY=$(ratio "${CPU[cloakroom]}" "${CPU[haproxy]}")
-R_NGINX=$(ratio "${CPU[cloakroom]}" "${CPU[nginx]}")
+# CPU per request of a wrk run after a warm-up: wrk_cpu ROW NAME REP CONNS [wrk options]
+wrk_cpu() {
+  local row=$1 name=$2 rep=$3 conns=$4
+  shift 4
+  wrk_run "$conns" "$WARMUP" "$TMP/warm.out" "$@"
+  window_open
+  wrk_run "$conns" "$DURATION" "$TMP/wrk.out" "$@"
+  parse_wrk "$TMP/wrk.out"
+  window_close "$DUR_S"
+  [ "$REQS" -gt 0 ] || die "wrk completed no request against $name"
+  record "$row" "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" \
+    "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')" \
+    "p99_ms=$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')"
+}
 
-REPORT=$TMP/latest.md
-{
-  echo "# cloakroom vs HAProxy vs nginx: CPU per proxied request"
-  echo
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), cloakroom $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'),"
-  echo "$(haproxy -v | head -1 | awk '{print "HAProxy", $3}'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |'),"
-  echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))."
-  echo
-  echo "Job: TLS termination (self-signed P-256), HTTP/1.1 keep-alive to the client, pooled"
-  echo "keep-alive to 2 upstream servers (one shared nginx, 1 worker, 100-byte body), sticky"
-  echo "affinity from a cookie sent on every request, X-Forwarded-For/-Proto/-Host set, no access log."
-  echo "Client: \`wrk -t1 -c$CONNECTIONS -d${DURATION}s\` after a ${WARMUP}s warm-up, HTTPS, same machine."
-  echo
-  echo "- cloakroom: session route, \`affinity = \"sticky\"\`: cookie HMAC check, memory-store lookup,"
-  echo "  identity strip + \`X-Session-Id\` injection on every request; \`workers = 1\` (one event-loop"
-  echo "  thread, like the others), and a reference row with the default one worker per core."
-  echo "- haproxy: \`nbthread 1\`, \`cookie SRV insert indirect nocache\`."
-  echo "- nginx: \`worker_processes 1\`; nginx OSS has no sticky cookie, so \`hash \$cookie_SRV consistent\`."
-  echo
-  echo "CPU µs/req = utime+stime of all the proxy's processes during the run ÷ requests completed"
-  echo "(ticks of 1/$CLK_TCK s). Upstream CPU µs/req is the shared upstream's, for reference."
-  echo "Errors = responses >= 400 plus socket errors (wrk); must be 0."
-  echo
-  echo "| target | req/s | p99 ms | CPU µs/req | upstream CPU µs/req | errors | requests | TLS |"
-  echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
-  for row in "${ROWS[@]}"; do
-    IFS='|' read -r n rps p99 cpu upcpu errs reqs tls <<<"$row"
-    echo "| $n | $rps | $p99 | $cpu | $upcpu | $errs | $reqs | $tls |"
+# --- the jobs: one rep of one row against the running proxy ------------------------------------
+
+job_sticky() {
+  prepare "$1" ""
+  wrk_cpu "${3:-sticky}" "$1" "$2" 32 -H "Cookie: $COOKIE"
+}
+
+job_newsess() {
+  prepare "$1" ""
+  wrk_cpu newsess "$1" "$2" 32
+}
+
+job_h2() {
+  local name=$1 rep=$2
+  prepare "$name" "$H2LOAD_UA"
+  h2load_run "$TMP/warm.out" -c10 -m5 -D "$WARMUP" -H "cookie: $COOKIE"
+  window_open
+  h2load_run "$TMP/h2.out" -c10 -m5 -D "$DURATION" -H "cookie: $COOKIE"
+  window_close "$DURATION"
+  parse_h2load "$TMP/h2.out"
+  grep -q '^Application protocol: h2' "$TMP/h2.out" || die "$name did not negotiate h2"
+  record h2 "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" "reqs=$REQS"
+}
+
+job_fixed() {
+  local name=$1 rep=$2 rate=(--h1 -c50 --rps=200)
+  prepare "$name" "$H2LOAD_UA"
+  h2load_run "$TMP/warm.out" "${rate[@]}" -D "$WARMUP" -H "cookie: $COOKIE"
+  window_open
+  h2load_run "$TMP/fixed.out" "${rate[@]}" -D "$DURATION" -H "cookie: $COOKIE" \
+    --log-file="$TMP/fixed.log"
+  window_close "$DURATION"
+  parse_h2load "$TMP/fixed.out"
+  log_percentiles "$TMP/fixed.log"
+  record fixed_p50 "$name" "$rep" "$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" "$ERRS" \
+    "$LOAD" "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')" \
+    "cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
+  record fixed_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" 0 "(same run)"
+}
+
+job_closed() {
+  local name=$1 rep=$2
+  prepare "$name" ""
+  wrk_run 50 "$WARMUP" "$TMP/warm.out" -H "Cookie: $COOKIE"
+  window_open
+  wrk_run 50 "$DURATION" "$TMP/wrk.out" -H "Cookie: $COOKIE"
+  parse_wrk "$TMP/wrk.out"
+  window_close "$DUR_S"
+  record closed_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" "$ERRS" \
+    "$LOAD" "reqs=$REQS p50_ms=$(awk -v u="$P50_US" 'BEGIN { printf "%.3f", u / 1000 }')" \
+    "cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
+}
+
+# A new client (TLS connection, full handshake) per request at HS_RATE connections/s.
+job_handshake() {
+  local name=$1 rep=$2 n reuse=""
+  prepare "$name" "$H2LOAD_UA"
+  n=$((HS_RATE * WARMUP))
+  h2load_run "$TMP/warm.out" --h1 -r "$HS_RATE" -c "$n" -n "$n" -H "cookie: $COOKIE"
+  n=$((HS_RATE * DURATION))
+  window_open
+  h2load_run "$TMP/hs.out" --h1 -r "$HS_RATE" -c "$n" -n "$n" -H "cookie: $COOKIE"
+  parse_h2load "$TMP/hs.out" count
+  window_close "$DUR_S"
+  if [ "$name" = haproxy ]; then
+    reuse=$(haproxy_reuse_pct)
+    [ "$reuse" = 0 ] || die "handshake row: HAProxy reports ${reuse}% resumed TLS sessions"
+  fi
+  record handshake "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" \
+    "conns=$REQS secs=$DUR_S${reuse:+ haproxy_reuse=$reuse%}"
+}
+
+# RSS per idle TLS keep-alive connection: IDLE_CONNS connections, one request each, idle.
+job_idle() {
+  local name=$1 rep=$2 before after status open errs established
+  prepare "$name" ""
+  rm -f "$TMP/idle.ready" "$TMP/idle.stop"
+  before=$(rss_bytes "$PROXY_PID")
+  # Bounded by a rate of at least 50 connections/s.
+  local wait_s=$((IDLE_CONNS / 50 + 60))
+  timeout $((wait_s + 60)) taskset -c "$PIN_CLIENT" python3 "$BENCH/idle_conns.py" --port "$PROXY_PORT" \
+    --conns "$IDLE_CONNS" --cookie "$COOKIE" --ready-file "$TMP/idle.ready" \
+    --stop-file "$TMP/idle.stop" >"$TMP/idle.out" 2>&1 &
+  local client=$!
+  PIDS+=("$client")
+  for _ in $(seq $((wait_s * 10))); do
+    [ -e "$TMP/idle.ready" ] && break
+    kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.out" >&2; die "idle_conns.py failed"; }
+    sleep 0.1
   done
+  [ -e "$TMP/idle.ready" ] || die "idle connections not open after $wait_s s"
+  sleep 1
+  after=$(rss_bytes "$PROXY_PID")
+  established=$(ss -Htn state established "( sport = :$PROXY_PORT )" | wc -l)
+  touch "$TMP/idle.stop"
+  wait "$client" || die "idle_conns.py exited with an error"
+  status=$(cat "$TMP/idle.ready")
+  open=$(sed -E 's/.*open=([0-9]+).*/\1/' <<<"$status")
+  errs=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$status")
+  [ "$established" -ge "$open" ] || errs=$((errs + open - established))
+  [ "$open" -gt 0 ] || die "$name: no idle connection opened"
+  record idle "$name" "$rep" $(((after - before) / open)) "$errs" \
+    "conns=$open established=$established rss_before=$before rss_after=$after"
+}
+
+# cloakroom's metric NAME from the admin listener.
+metric() {
+  curl -s --max-time 5 "http://127.0.0.1:$PORT_ADMIN/metrics" |
+    awk -v m="$1" '$1 == m { printf "%d", $2; found = 1 } END { if (!found) print "" }'
+}
+
+# RSS per anonymous session: SESSIONS cookie-less requests, each creates one.
+job_session() {
+  local name=$1 rep=$2 before after c0 c1 live errs
+  URL="https://127.0.0.1:$PROXY_PORT/"
+  curl -sk --http1.1 --max-time 5 --fail -o /dev/null "$URL" || die "$name answered an error"
+  c0=$(metric cloakroom_sessions_created_total)
+  [ -n "$c0" ] || die "cloakroom_sessions_created_total is not in /metrics"
+  before=$(rss_bytes "$PROXY_PID")
+  # Bounded by a rate of at least 2,000 sessions/s.
+  timed "$TMP/sess.out" timeout $((SESSIONS / 2000 + 60)) taskset -c "$PIN_CLIENT" \
+    h2load --h1 -n "$SESSIONS" -c 50 "$URL"
+  parse_h2load "$TMP/sess.out" count
+  sleep 1
+  after=$(rss_bytes "$PROXY_PID")
+  c1=$(metric cloakroom_sessions_created_total)
+  live=$(metric cloakroom_sessions_active)
+  errs=$ERRS
+  # Every session created must still be live: none evicted by session.max_sessions.
+  [ "$live" -ge "$c1" ] || { log "session row: $((c1 - live)) sessions evicted"; errs=$((errs + c1 - live)); }
+  record session "$name" "$rep" $(((after - before) / (c1 - c0))) "$errs" \
+    "created=$((c1 - c0)) live=$live rss_before=$before rss_after=$after"
+}
+
+# --- the run ----------------------------------------------------------------------------------
+{
+  echo "# Raw figures of bench/compare.sh, one line per row, proxy and rep"
+  echo "# $(date -u '+%Y-%m-%d %H:%M UTC'); REPS=$REPS DURATION=${DURATION}s WARMUP=${WARMUP}s IDLE_CONNS=$IDLE_CONNS SESSIONS=$SESSIONS HS_RATE=$HS_RATE"
+  echo "# busy = share of one core (proxy: /proc ticks; client: user+sys over wall time)"
+} >"$RAW"
+
+log "baseline: wrk ${DURATION}s straight to the upstream (plain HTTP)"
+URL="http://127.0.0.1:$UP1/"
+wrk_run 32 "$DURATION" "$TMP/wrk.out"
+parse_wrk "$TMP/wrk.out"
+BASE_RPS=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')
+echo "baseline  upstream direct, plain HTTP, wrk -c32: $BASE_RPS req/s, errors=$ERRS" >>"$RAW"
+
+for job in $JOBS; do
+  declare -F "job_$job" >/dev/null || die "unknown job $job (JOBS)"
+  for rep in $(seq "$REPS"); do
+    for name in "${PEERS[@]}"; do
+      [ "$job" = session ] && [ "$name" != cloakroom ] && continue
+      log "$job rep $rep: $name"
+      start_proxy "$name" "$job"
+      "job_$job" "$name" "$rep"
+      stop_proxy "$name"
+    done
+    if [ "$job" = sticky ] && [ "$ALL_CORES_ROW" = 1 ]; then
+      start_proxy cloakroom sticky 0
+      job_sticky cloakroom "$rep" sticky_all
+      stop_proxy cloakroom
+    fi
+  done
+done
+
+# shellcheck source=bench/report.sh
+. "$BENCH/report.sh"
+write_report >"$TMP/latest.md"
+{
   echo
-  echo "cloakroom CPU per request ÷ haproxy: **$R_HAPROXY**, ÷ nginx: **$R_NGINX** (below 1 = cheaper)."
-  echo "Straight to the upstream: $BASE_RPS req/s (plain HTTP, no proxy)."
-} >"$REPORT"
+  echo "# cloakroom log lines (counted, all runs)"
+  cloakroom_log_summary
+} >>"$RAW"
 
 mkdir -p "$BENCH/results"
-cp "$REPORT" "$BENCH/results/latest.md"
-cat "$REPORT"
+cp "$TMP/latest.md" "$BENCH/results/latest.md"
+cp "$RAW" "$BENCH/results/latest-raw.txt"
+cat "$TMP/latest.md"
+log "cloakroom logged:"
+cloakroom_log_summary >&2
 
-errors=0
-for row in "${ROWS[@]}"; do
-  IFS='|' read -r n _ _ _ _ errs _ _ <<<"$row"
-  [ "$errs" -eq 0 ] || { log "error: $n had $errs errors"; errors=1; }
+status=0
+for key in "${!ERRORS[@]}"; do
+  [ "${ERRORS[$key]}" -eq 0 ] || { log "error: ${key/|/ on } had ${ERRORS[$key]} errors"; status=1; }
 done
-exit "$errors"
+exit "$status"
