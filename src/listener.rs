@@ -396,7 +396,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
             head_rule: !h2,
         },
     );
-    let service = service_fn(move |request| proxy::serve(state.clone(), ctx.clone(), request));
+    let service =
+        service_fn(move |request| Box::pin(proxy::serve(state.clone(), ctx.clone(), request)));
     let conn = acceptor
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
