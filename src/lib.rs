@@ -156,7 +156,7 @@ pub async fn run(
     let acceptor = listener::Acceptor {
         state: state.clone(),
         tls,
-        builder: Arc::new(listener::http_builder(max_header_bytes)),
+        builders: Arc::new(listener::HttpBuilders::new(max_header_bytes)),
         permits: Arc::new(Semaphore::new(max_connections)),
         cut: cut.clone(),
         open: open.clone(),
