@@ -426,12 +426,46 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
             return;
         }
     };
-    let sni = stream
-        .get_ref()
-        .1
+    let (io, ctx, h2) = prepare(stream, peer, &state, &timeouts);
+    // The request future is boxed too: it is large (about 9 KB), hyper keeps a
+    // `Box<Option<future>>` per HTTP/1 connection (5.3 KB more RSS per idle connection
+    // unboxed), and HTTP/2 moves it into a spawned task (a memcpy each time).
+    let service =
+        service_fn(move |request| Box::pin(proxy::serve(state.clone(), ctx.clone(), request)));
+    let stop = &acceptor.state.stop;
+    // Boxed, each protocol its own size (HTTP/1.1 about 4 KB, HTTP/2 about 5.6 KB),
+    // instead of every connection's task holding the larger of the two inline (and, next
+    // to it, the TLS stream the handshake returned): 1 KB less RSS per idle HTTP/1.1
+    // connection (34.6 -> 33.6 KB at 2,000 connections), one allocation per connection.
+    let result = if h2 {
+        let conn = acceptor.builders.http2.serve_connection(io, service);
+        Box::pin(drive(conn, stop)).await
+    } else {
+        let conn = acceptor.builders.http1.serve_connection(io, service);
+        Box::pin(drive(conn.with_upgrades(), stop)).await
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "client connection ended with an error");
+    }
+}
+
+/// A connection's IO with its deadlines, its context, and whether ALPN chose HTTP/2.
+/// Not async: the TLS stream is consumed here, so no future keeps a slot for it.
+fn prepare(
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    state: &AppState,
+    timeouts: &crate::config::TimeoutsConfig,
+) -> (
+    TokioIo<DeadlineIo<tokio_rustls::server::TlsStream<TcpStream>>>,
+    Arc<ConnCtx>,
+    bool,
+) {
+    let (_, tls) = stream.get_ref();
+    let sni = tls
         .server_name()
         .map(|name| name.to_ascii_lowercase().into_boxed_str());
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let h2 = tls.alpn_protocol() == Some(b"h2");
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         peer,
@@ -454,19 +488,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
             head_rule: !h2,
         },
     );
-    let service =
-        service_fn(move |request| Box::pin(proxy::serve(state.clone(), ctx.clone(), request)));
-    let io = TokioIo::new(io);
-    let stop = &acceptor.state.stop;
-    let result = if h2 {
-        drive(acceptor.builders.http2.serve_connection(io, service), stop).await
-    } else {
-        let conn = acceptor.builders.http1.serve_connection(io, service);
-        drive(conn.with_upgrades(), stop).await
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "client connection ended with an error");
-    }
+    (TokioIo::new(io), ctx, h2)
 }
 
 /// Serves a small plain-HTTP/1.1 endpoint (the admin listener, the 308 redirect) until
