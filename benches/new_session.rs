@@ -20,14 +20,17 @@
 //! the response.
 //!
 //! Measured on this machine (2 cores, Linux 6.18, glibc 2.36), 2026-12-02:
-//! - `random_bytes::<16>` 306 ns, `random_bytes::<32>` 307 ns (one getrandom(2) each);
-//! - create below the bound 574 ns (the token draw is ~300 of it);
+//! - `random_bytes::<16>` 306 ns, `random_bytes::<32>` 307 ns when each was one
+//!   getrandom(2); 49 ns and 97 ns since they are taken from a per-thread block of 512
+//!   bytes fetched at once;
+//! - create below the bound 574 ns (the token draw was ~300 of it), 316 ns since;
 //! - create at the bound 3.74 µs: eviction. Right after filling it costs ~1.3 µs and
 //!   it climbs to ~3.5 µs within a few hundred thousand creates, because the victim
 //!   sample is always the first 32 entries in iteration order: the low shards are
 //!   drained and every eviction walks their empty tables;
 //! - `set_cookie` 338 ns;
-//! - all together below the bound 1.48 µs (two draws ~0.6 µs, HMAC ~0.3 µs);
+//! - all together below the bound 1.48 µs (two draws ~0.6 µs, HMAC ~0.3 µs), 0.83 µs
+//!   with the per-thread block;
 //! - growing: 65.9 ms per 100 000 (659 ns per create, +85 ns over steady state),
 //!   944 ms per 1 000 000 (944 ns per create, +370 ns).
 //!
