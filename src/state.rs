@@ -214,11 +214,7 @@ fn build_runtime(
         cookie: CookieCodec::new(&config.session, &secrets),
         sealed: matches!(config.session.store, StoreKind::Cookie)
             .then(|| SealedCodec::new(&config.session.cookie, &secrets)),
-        expiry: Expiry::new(
-            config.session.idle_timeout,
-            config.session.absolute_timeout,
-            config.session.touch_interval,
-        ),
+        expiry: Expiry::of(&config.session),
         metrics: metrics.map(|m| RequestMetrics::new(m, &config)),
         route_names: config
             .routes

@@ -134,6 +134,15 @@ impl Expiry {
         }
     }
 
+    /// The session config's `idle_timeout`, `absolute_timeout` and `touch_interval`.
+    pub fn of(config: &crate::config::SessionConfig) -> Expiry {
+        Expiry::new(
+            config.idle_timeout,
+            config.absolute_timeout,
+            config.touch_interval,
+        )
+    }
+
     /// Milliseconds until a session created and last seen at these times expires
     /// (the lesser of its idle and absolute remainders; 0 when expired). Stores with
     /// native expiry (Redis TTLs, a row's `expires`) use it.

@@ -44,11 +44,7 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
             path: path.clone(),
             interval: config.persist_interval,
         };
-        let expiry = Expiry::new(
-            config.idle_timeout,
-            config.absolute_timeout,
-            config.touch_interval,
-        );
+        let expiry = Expiry::of(config);
         let loading = snapshots.clone();
         tokio::task::spawn_blocking(move || loading.load(expiry))
             .await
