@@ -13,35 +13,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 
-use cloakroom::config::Config;
 use cloakroom::session::{CookieCodec, Token};
 
-const CONFIG: &str = r#"
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[upstreams.app]
-servers = ["127.0.0.1:9001"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-"#;
-
 fn codec() -> CookieCodec {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cert.pem"), "").unwrap();
-    std::fs::write(dir.path().join("key.pem"), "").unwrap();
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, CONFIG).unwrap();
-    let config = Config::load(&path).unwrap();
-    CookieCodec::new(&config.session, &[&[7u8; 32]])
+    CookieCodec::new(&common::shipped_config().session, &[&[7u8; 32]])
 }
 
 fn set_cookie(c: &mut Criterion) {

@@ -38,13 +38,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
-use cloakroom::config::Config;
 use cloakroom::session::{
     now_ms, random_bytes, CookieCodec, Expiry, MemoryStore, PublicId, Session, SessionStore, Token,
 };
@@ -58,20 +59,6 @@ const SESSIONS: usize = 100_000;
 /// New sessions timed at once; the steady-state benches then destroy them, untimed.
 const CHUNK: u64 = 1024;
 
-/// The shipped defaults, as an operator would run them (the certificates are not loaded).
-const CONFIG: &str = r#"
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[upstreams.app]
-servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-"#;
-
 struct Fixture {
     codec: CookieCodec,
     expiry: Expiry,
@@ -81,19 +68,10 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        // Validation only checks that the certificate files can be opened.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cert.pem"), "").unwrap();
-        std::fs::write(dir.path().join("key.pem"), "").unwrap();
-        let config = Config::from_str_with_env(&dir.path().join("bench.toml"), CONFIG, &|_| None)
-            .expect("the bench config is valid");
+        let config = common::shipped_config();
         Fixture {
             codec: CookieCodec::new(&config.session, &[&[7u8; 32]]),
-            expiry: Expiry::new(
-                config.session.idle_timeout,
-                config.session.absolute_timeout,
-                config.session.touch_interval,
-            ),
+            expiry: Expiry::of(&config.session),
             max_sessions: config.session.max_sessions,
         }
     }
@@ -123,11 +101,30 @@ fn filled_store(
     store
 }
 
-/// Destroys `tokens` (untimed), so a steady-state store keeps its size.
-async fn destroy_all(store: &dyn SessionStore, tokens: &mut Vec<Token>) {
-    for token in tokens.drain(..) {
-        store.destroy(&token).await.unwrap();
+/// Times `iters` calls of `create` (each stores one session into `store` and returns its
+/// token), in chunks of `CHUNK`; each chunk's sessions are destroyed untimed, so a
+/// steady-state store keeps its size.
+async fn steady_creates(
+    store: &dyn SessionStore,
+    iters: u64,
+    mut create: impl AsyncFnMut(u64) -> Token,
+) -> Duration {
+    let mut tokens = Vec::with_capacity(CHUNK as usize);
+    let mut total = Duration::ZERO;
+    let mut done = 0u64;
+    while done < iters {
+        let n = CHUNK.min(iters - done);
+        let start = Instant::now();
+        for i in done..done + n {
+            tokens.push(create(i).await);
+        }
+        total += start.elapsed();
+        for token in tokens.drain(..) {
+            store.destroy(&token).await.unwrap();
+        }
+        done += n;
     }
+    total
 }
 
 fn new_session(c: &mut Criterion) {
@@ -150,22 +147,9 @@ fn new_session(c: &mut Criterion) {
     let steady = filled_store(&rt, f.max_sessions, SESSIONS, &f);
     group.bench_function("store create (100k stored, below the bound)", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut tokens = Vec::with_capacity(CHUNK as usize);
-                let mut total = Duration::ZERO;
-                let mut done = 0u64;
-                while done < iters {
-                    let n = CHUNK.min(iters - done);
-                    let start = Instant::now();
-                    for i in done..done + n {
-                        tokens.push(steady.create(&session(i, now), f.expiry).await.unwrap());
-                    }
-                    total += start.elapsed();
-                    destroy_all(&*steady, &mut tokens).await;
-                    done += n;
-                }
-                total
-            })
+            rt.block_on(steady_creates(&*steady, iters, async |i| {
+                steady.create(&session(i, now), f.expiry).await.unwrap()
+            }))
         })
     });
 
@@ -190,26 +174,13 @@ fn new_session(c: &mut Criterion) {
 
     group.bench_function("all together (100k stored, below the bound)", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut tokens = Vec::with_capacity(CHUNK as usize);
-                let mut total = Duration::ZERO;
-                let mut done = 0u64;
-                while done < iters {
-                    let n = CHUNK.min(iters - done);
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        let public_id = PublicId(random_bytes::<16>().unwrap());
-                        let session = Session::new(public_id, now);
-                        let token = steady.create(&session, f.expiry).await.unwrap();
-                        black_box(f.codec.set_cookie(&token).unwrap());
-                        tokens.push(token);
-                    }
-                    total += start.elapsed();
-                    destroy_all(&*steady, &mut tokens).await;
-                    done += n;
-                }
-                total
-            })
+            rt.block_on(steady_creates(&*steady, iters, async |_| {
+                let public_id = PublicId(random_bytes::<16>().unwrap());
+                let session = Session::new(public_id, now);
+                let token = steady.create(&session, f.expiry).await.unwrap();
+                black_box(f.codec.set_cookie(&token).unwrap());
+                token
+            }))
         })
     });
     group.finish();

@@ -14,6 +14,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +23,6 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use cloakroom::config::Config;
 use cloakroom::inject::{self, InjectRules};
 use cloakroom::session::{
     now_ms, CookieCodec, Expiry, Identity, MemoryStore, PublicId, Session, SessionStore, Token,
@@ -33,20 +34,6 @@ const SESSIONS: usize = 100_000;
 const SAMPLE: usize = 4096;
 /// Requests prepared at once, untimed, for the benches that consume a header map.
 const CHUNK: u64 = 1024;
-
-/// The shipped defaults, as an operator would run them (the certificates are not loaded).
-const CONFIG: &str = r#"
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[upstreams.app]
-servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-"#;
 
 struct Fixture {
     codec: CookieCodec,
@@ -61,19 +48,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(rt: &tokio::runtime::Runtime) -> Fixture {
-        // Validation only checks that the certificate files can be opened.
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cert.pem"), "").unwrap();
-        std::fs::write(dir.path().join("key.pem"), "").unwrap();
-        let config = Config::from_str_with_env(&dir.path().join("bench.toml"), CONFIG, &|_| None)
-            .expect("the bench config is valid");
+        let config = common::shipped_config();
         let codec = CookieCodec::new(&config.session, &[&[7u8; 32]]);
         let rules = InjectRules::new(&config.inject, &config.control);
-        let expiry = Expiry::new(
-            config.session.idle_timeout,
-            config.session.absolute_timeout,
-            config.session.touch_interval,
-        );
+        let expiry = Expiry::of(&config.session);
 
         let store = MemoryStore::new(config.session.max_sessions);
         let now = now_ms();
