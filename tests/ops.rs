@@ -67,12 +67,17 @@ fn admin() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-async fn scrape(proxy: &TestProxy) -> String {
-    let response = admin()
-        .get(proxy.admin_url("/metrics"))
+/// One request to the admin listener, without a token.
+async fn admin_call(proxy: &TestProxy, method: reqwest::Method, path: &str) -> reqwest::Response {
+    admin()
+        .request(method, proxy.admin_url(path))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn scrape(proxy: &TestProxy) -> String {
+    let response = admin_call(proxy, reqwest::Method::GET, "/metrics").await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
@@ -212,11 +217,7 @@ async fn admin_api_logs_alice_out_everywhere_while_bob_keeps_his_session() {
         assert_eq!(browser.get(&proxy, "/").await.1, user);
     }
 
-    let listed = admin()
-        .get(proxy.admin_url("/sessions?user=alice"))
-        .send()
-        .await
-        .unwrap();
+    let listed = admin_call(&proxy, reqwest::Method::GET, "/sessions?user=alice").await;
     let listed = json_of(listed).await;
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
@@ -228,11 +229,7 @@ async fn admin_api_logs_alice_out_everywhere_while_bob_keeps_his_session() {
         assert!(session["last_seen"].as_u64().unwrap() > 0);
     }
 
-    let ended = admin()
-        .delete(proxy.admin_url("/sessions?user=alice"))
-        .send()
-        .await
-        .unwrap();
+    let ended = admin_call(&proxy, reqwest::Method::DELETE, "/sessions?user=alice").await;
     assert_eq!(ended.status(), 200);
     let ended = json_of(ended).await;
     assert_eq!(ended["ended"], 2);
@@ -242,32 +239,16 @@ async fn admin_api_logs_alice_out_everywhere_while_bob_keeps_his_session() {
     assert_eq!(bob.get(&proxy, "/").await.1, "bob");
 
     // One session by its public id.
-    let bobs = admin()
-        .get(proxy.admin_url("/sessions?user=bob"))
-        .send()
-        .await
-        .unwrap();
+    let bobs = admin_call(&proxy, reqwest::Method::GET, "/sessions?user=bob").await;
     let bobs = json_of(bobs).await;
     let id = bobs[0]["id"].as_str().unwrap().to_string();
-    let one = admin()
-        .delete(proxy.admin_url(&format!("/sessions/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let one = admin_call(&proxy, reqwest::Method::DELETE, &format!("/sessions/{id}")).await;
     assert_eq!(one.status(), 200);
     assert_eq!(bob.get(&proxy, "/").await.1, "anon");
-    let again = admin()
-        .delete(proxy.admin_url(&format!("/sessions/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let again = admin_call(&proxy, reqwest::Method::DELETE, &format!("/sessions/{id}")).await;
     assert_eq!(again.status(), 404);
 
-    let count = admin()
-        .get(proxy.admin_url("/sessions/count"))
-        .send()
-        .await
-        .unwrap();
+    let count = admin_call(&proxy, reqwest::Method::GET, "/sessions/count").await;
     let count = json_of(count).await;
     assert!(count["count"].as_u64().is_some(), "{count}");
     let text = scrape(&proxy).await;
@@ -373,11 +354,7 @@ async fn post_reload_adds_a_route_and_refuses_a_broken_file_with_its_reason() {
         other.addr
     );
     proxy.write_config(&with_route);
-    let response = admin()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
+    let response = admin_call(&proxy, reqwest::Method::POST, "/reload").await;
     assert_eq!(response.status(), 200);
     assert!(response.text().await.unwrap().contains("generation 2"));
     // The new route answers without a session cookie (session = false).
@@ -385,11 +362,7 @@ async fn post_reload_adds_a_route_and_refuses_a_broken_file_with_its_reason() {
     assert!(cookie_of(&response).is_none());
 
     proxy.write_config(&with_route.replace("upstream = \"other\"", "upstream = \"othr\""));
-    let refused = admin()
-        .post(proxy.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
+    let refused = admin_call(&proxy, reqwest::Method::POST, "/reload").await;
     assert_eq!(refused.status(), 422);
     let reason = refused.text().await.unwrap();
     assert!(reason.contains("upstream"), "{reason}");
