@@ -33,10 +33,9 @@ fn session(user: &str, at: u64) -> Session {
     s
 }
 
-#[tokio::test]
-async fn cluster_store_spreads_sessions_over_nodes_and_keeps_each_one_atomic() {
-    let cluster = RedisCluster::start().await;
-    let store = RedisStore::open(
+/// A store on the cluster, opened from its seed nodes as the proxy opens it.
+fn cluster_store(cluster: &RedisCluster) -> RedisStore {
+    RedisStore::open(
         &RedisConfig {
             url: String::new(),
             prefix: "cloakroom:".into(),
@@ -46,7 +45,13 @@ async fn cluster_store_spreads_sessions_over_nodes_and_keeps_each_one_atomic() {
         },
         None,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cluster_store_spreads_sessions_over_nodes_and_keeps_each_one_atomic() {
+    let cluster = RedisCluster::start().await;
+    let store = cluster_store(&cluster);
     let now = cloakroom::session::now_ms();
     let mut tokens = Vec::new();
     for i in 0..24 {
@@ -153,17 +158,7 @@ upstream = "app"
         upstream.last_request().one("x-session-user").as_deref(),
         Some("ann")
     );
-    let store = RedisStore::open(
-        &RedisConfig {
-            url: String::new(),
-            prefix: "cloakroom:".into(),
-            timeout: Duration::from_secs(1),
-            urls: cluster.urls(),
-            ca: None,
-        },
-        None,
-    )
-    .unwrap();
+    let store = cluster_store(&cluster);
     assert_eq!(
         store.count().await.unwrap(),
         0,
