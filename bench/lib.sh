@@ -2,13 +2,14 @@
 # Parsers here set globals that compare.sh reads:
 # shellcheck disable=SC2034
 
-# Helpers for bench/compare.sh (sourced, not run): tools, processes and their cleanup,
+# Helpers for the bench scripts (sourced, not run; compare.sh uses them all): tools, processes and their cleanup,
 # /proc readings, the three proxies' start and stop, and the load clients' parsing.
-# Every function here is used by compare.sh; globals it relies on are set there first:
+# LOG_NAME prefixes log lines (default: compare). Globals the functions rely on are set
+# by the script first:
 # ROOT BENCH TMP PIDS UP1 UP2 PORT_HAPROXY PORT_NGINX PORT_CLOAKROOM PORT_ADMIN
 # MAXCONN WORKER_CONNS NOFILE IDLE_CONNS BIN PIN_PROXY PIN_CLIENT CLK_TCK.
 
-log() { printf 'compare [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
+log() { printf '%s [%3ss]: %s\n' "${LOG_NAME:-compare}" "$SECONDS" "$*" >&2; }
 die() {
   log "error: $*"
   exit 1
@@ -94,10 +95,12 @@ wait_port() {
   return 1
 }
 
-# Fills in the @...@ placeholders of a template: render TEMPLATE PORT [WORKERS].
+# Fills in the @...@ placeholders of a template: render TEMPLATE PORT [WORKERS]. The
+# connection limits (set by raise_file_limit in compare.sh) default to 4096.
 render() {
   sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$2|g" \
-    -e "s|@MAXCONN@|$MAXCONN|g" -e "s|@WORKER_CONNS@|$WORKER_CONNS|g" -e "s|@NOFILE@|$NOFILE|g" -e "s|@WORKERS@|${3:-1}|g" "$1"
+    -e "s|@MAXCONN@|${MAXCONN:-4096}|g" -e "s|@WORKER_CONNS@|${WORKER_CONNS:-4096}|g" \
+    -e "s|@NOFILE@|${NOFILE:-8192}|g" -e "s|@WORKERS@|${3:-1}|g" "$1"
 }
 
 # --- /proc readings ----------------------------------------------------------------------

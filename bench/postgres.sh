@@ -15,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BENCH=$ROOT/bench
+LOG_NAME=postgres-bench
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-32}
@@ -25,8 +28,6 @@ UP2=19452
 PORT=19453
 PGPORT=19454
 
-log() { printf 'postgres-bench [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 for tool in wrk nginx openssl curl psql; do
   command -v "$tool" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin
@@ -39,12 +40,6 @@ TMP=$(mktemp -d /tmp/cloakroom-pgbench.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
   local pid
   for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
@@ -54,24 +49,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-  local port=$1 pid=$2 i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-# CPU ticks (utime+stime) of a process and its direct children.
-cpu_ticks() {
-  local total=0 pid fields
-  for pid in $1 $(pgrep -P "$1" 2>/dev/null | tr '\n' ' '); do
-    fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
-  done
-  echo "$total"
-}
 CLK_TCK=$(getconf CLK_TCK)
 sql() { psql -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Atc "$1"; }
 
@@ -82,7 +59,7 @@ BIN=$ROOT/target/release/cloakroom
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
-sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" "$BENCH/upstream.nginx.conf" >"$TMP/upstream.conf"
+render "$BENCH/upstream.nginx.conf" 0 >"$TMP/upstream.conf"
 nginx -e "$TMP/upstream-error.log" -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' >"$TMP/upstream.out" 2>&1 &
 UPSTREAM_PID=$!
 PIDS+=("$UPSTREAM_PID")

@@ -39,9 +39,6 @@ UP2=19422
 PORT_CLOAKROOM=19423
 PIN_PROXY=0
 PIN_CLIENT=1
-# Read by lib.sh (render, per_unit_us):
-# shellcheck disable=SC2034
-MAXCONN=4096 WORKER_CONNS=4096 NOFILE=8192
 
 export PATH=$PATH:/usr/sbin:/sbin
 install_tools

@@ -20,6 +20,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BENCH=$ROOT/bench
+LOG_NAME=stores
+# shellcheck source=bench/lib.sh
+. "$BENCH/lib.sh"
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
@@ -29,9 +32,6 @@ UP2=19432
 PORT=19433
 REDIS_PORT=19434
 SECRET=stores-bench-secret-0123456789abcdef0123
-
-log() { printf 'stores [%3ss]: %s\n' "$SECONDS" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
@@ -50,38 +50,9 @@ export PATH=$PATH:/usr/sbin:/sbin
 TMP=$(mktemp -d /tmp/cloakroom-stores.XXXXXX)
 chmod 755 "$TMP"
 PIDS=()
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  local port=$1 pid=$2 i
-  for i in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-cpu_ticks() {
-  local fields
-  fields=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-  awk '{print $12 + $13}' <<<"$fields"
-}
 for port in $UP1 $UP2 $PORT $REDIS_PORT; do
   port_free "$port" || die "port $port is in use"
 done
@@ -95,8 +66,7 @@ BIN=$ROOT/target/release/cloakroom
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
-sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" \
-  "$BENCH/upstream.nginx.conf" >"$TMP/upstream.conf"
+render "$BENCH/upstream.nginx.conf" 0 >"$TMP/upstream.conf"
 nginx -e "$TMP/upstream-error.log" -p "$TMP" -c "$TMP/upstream.conf" -g 'daemon off;' \
   >"$TMP/upstream.out" 2>&1 &
 PIDS+=($!)
@@ -115,8 +85,7 @@ declare -A RPS_OF CPU_OF
 # bench_store NAME STORE_TOML
 bench_store() {
   local name=$1 store=$2 pid cookie out line before after rbefore rafter
-  sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$PORT|g" \
-    "$BENCH/cloakroom.toml" | sed -E "s|^(https = .*)$|\\1\\nworkers = 1|" >"$TMP/c-$name.toml"
+  render "$BENCH/cloakroom.toml" "$PORT" 1 >"$TMP/c-$name.toml"
   printf '\n[session]\nsecret = "%s"\n%b\n' "$SECRET" "$store" >>"$TMP/c-$name.toml"
   RUST_LOG=warn "$BIN" -c "$TMP/c-$name.toml" >"$TMP/c-$name.out" 2>&1 &
   pid=$!
