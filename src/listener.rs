@@ -244,6 +244,9 @@ impl HttpBuilders {
                 u32::try_from(max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
             )
             .max_concurrent_streams(250)
+            // RFC 8441: WebSockets over HTTP/2 (extended CONNECT), tunnelled to the
+            // HTTP/1.1 upstream as an ordinary `Upgrade: websocket`.
+            .enable_connect_protocol()
             // No server PINGs: their answers would count as activity and keep idle
             // connections open forever; `client_idle` closes dead and idle peers alike.
             .keep_alive_interval(None);
@@ -376,13 +379,15 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
             () = stop.wait() => return,
         };
         let acceptor = acceptor.clone();
-        let open = OpenGuard::new(&acceptor.open);
+        let hold = ConnHold {
+            _permit: permit,
+            _open: OpenGuard::new(&acceptor.open),
+            cut: acceptor.cut.clone(),
+        };
         tokio::spawn(async move {
-            let _permit = permit;
-            let _open = open;
             let cut = acceptor.cut.clone();
             tokio::select! {
-                () = serve_connection(stream, peer, &acceptor) => {}
+                () = serve_connection(stream, peer, &acceptor, hold) => {}
                 // Dropping the connection future closes the socket.
                 () = cut.wait() => {
                     tracing::debug!(%peer, "connection cut at the end of the shutdown grace period");
@@ -392,7 +397,20 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
     }
 }
 
+/// What a client connection holds from accept to its end: its `max_connections` permit,
+/// its place in the open-connections count, and the signal that cuts it when the
+/// shutdown grace is over. It lives in the connection's [`ConnCtx`], so a tunnel that
+/// outlives hyper's connection (an HTTP/1.1 upgrade) keeps all three until it ends.
+#[derive(Debug)]
+pub(crate) struct ConnHold {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: OpenGuard,
+    /// Raised when the shutdown grace period is over.
+    pub(crate) cut: Arc<Signal>,
+}
+
 /// Counts an open connection until dropped.
+#[derive(Debug)]
 struct OpenGuard(Arc<AtomicUsize>);
 
 impl OpenGuard {
@@ -408,7 +426,12 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Acceptor) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: &Acceptor,
+    hold: ConnHold,
+) {
     let _ = stream.set_nodelay(true);
     let state = acceptor.state.clone();
     let timeouts = state.runtime().config.timeouts.clone();
@@ -426,7 +449,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, acceptor: &Accept
             return;
         }
     };
-    let (io, ctx, h2) = prepare(stream, peer, &state, &timeouts);
+    let (io, ctx, h2) = prepare(stream, peer, &state, &timeouts, hold);
     // The request future is boxed too: it is large (about 9 KB), hyper keeps a
     // `Box<Option<future>>` per HTTP/1 connection (5.3 KB more RSS per idle connection
     // unboxed), and HTTP/2 moves it into a spawned task (a memcpy each time).
@@ -456,6 +479,7 @@ fn prepare(
     peer: SocketAddr,
     state: &AppState,
     timeouts: &crate::config::TimeoutsConfig,
+    hold: ConnHold,
 ) -> (
     TokioIo<DeadlineIo<tokio_rustls::server::TlsStream<TcpStream>>>,
     Arc<ConnCtx>,
@@ -478,6 +502,7 @@ fn prepare(
         assertions: crate::assertion::AssertionCache::default(),
         agents: crate::anomaly::AgentCache::default(),
         flagged: std::sync::atomic::AtomicU64::new(0),
+        hold,
     });
     let io = DeadlineIo::new(
         stream,

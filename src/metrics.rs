@@ -164,6 +164,8 @@ pub struct Metrics {
     /// Open client connections: counted by the accept loops, exported at scrape time.
     pub open_connections: Arc<AtomicUsize>,
     connections_open: Gauge,
+    /// Open tunnels (WebSocket and other upgrades); each also counts as a connection.
+    pub tunnels_open: Gauge,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: Counter,
     /// Sessions moved to another server because theirs went away, by upstream.
@@ -255,6 +257,7 @@ impl Metrics {
             refused: Family::default(),
             open_connections: Arc::default(),
             connections_open: Gauge::default(),
+            tunnels_open: Gauge::default(),
             tls_handshake_failures: Counter::default(),
             repins: Family::default(),
             store_duration: Family::default(),
@@ -331,6 +334,11 @@ impl Metrics {
             "connections_open",
             "Open client connections",
             m.connections_open.clone(),
+        );
+        r.register(
+            "tunnels_open",
+            "Open tunnels (WebSocket and other upgrades)",
+            m.tunnels_open.clone(),
         );
         r.register(
             "tls_handshake_failures",

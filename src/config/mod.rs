@@ -119,6 +119,9 @@ pub struct TimeoutsConfig {
     pub upstream_idle: Duration,
     /// How long in-flight requests may run after SIGTERM. Default 30s.
     pub shutdown_grace: Duration,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long is
+    /// closed; `header_read` and `client_idle` stop applying at the upgrade. Default 1h.
+    pub tunnel_idle: Duration,
 }
 
 /// `[limits]`

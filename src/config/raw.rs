@@ -122,6 +122,8 @@ pub(super) struct RawTimeouts {
     pub(super) upstream_idle: String,
     #[serde(default = "default_30s")]
     pub(super) shutdown_grace: String,
+    #[serde(default = "default_tunnel_idle")]
+    pub(super) tunnel_idle: String,
 }
 
 impl Default for RawTimeouts {
@@ -134,6 +136,7 @@ impl Default for RawTimeouts {
             client_idle: default_client_idle(),
             upstream_idle: default_30s(),
             shutdown_grace: default_30s(),
+            tunnel_idle: default_tunnel_idle(),
         }
     }
 }
@@ -157,6 +160,10 @@ fn default_30s() -> String {
 
 fn default_client_idle() -> String {
     "60s".to_owned()
+}
+
+fn default_tunnel_idle() -> String {
+    "1h".to_owned()
 }
 
 /// `[limits]`; sizes in bytes.

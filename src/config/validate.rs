@@ -307,6 +307,7 @@ impl Validator<'_> {
         let client_idle = self.duration("timeouts.client_idle", &raw.client_idle);
         let upstream_idle = self.duration("timeouts.upstream_idle", &raw.upstream_idle);
         let shutdown_grace = self.duration("timeouts.shutdown_grace", &raw.shutdown_grace);
+        let tunnel_idle = self.duration("timeouts.tunnel_idle", &raw.tunnel_idle);
         Some(TimeoutsConfig {
             connect: connect?,
             header_read: header_read?,
@@ -315,6 +316,7 @@ impl Validator<'_> {
             client_idle: client_idle?,
             upstream_idle: upstream_idle?,
             shutdown_grace: shutdown_grace?,
+            tunnel_idle: tunnel_idle?,
         })
     }
 

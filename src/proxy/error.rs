@@ -43,6 +43,10 @@ pub enum ProxyError {
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The upstream answered an upgrade with `101` but not as the protocol demands
+    /// (a WebSocket `Sec-WebSocket-Accept` that does not match the key we sent).
+    #[error("the upstream's upgrade answer is invalid: {0}")]
+    BadUpgrade(&'static str),
     /// A bug of ours; details in the log.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -81,6 +85,7 @@ impl ProxyError {
                     StatusCode::GATEWAY_TIMEOUT
                 }
             },
+            ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -101,6 +106,7 @@ impl ProxyError {
             | ProxyError::PinnedDown { .. }
             | ProxyError::Store(_)
             | ProxyError::Upstream(_)
+            | ProxyError::BadUpgrade(_)
             | ProxyError::Internal(_) => None,
         }
     }
@@ -118,7 +124,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::PinnedDown { .. }
             | ProxyError::Store(_)
-            | ProxyError::Upstream(_) => Blame::Upstream,
+            | ProxyError::Upstream(_)
+            | ProxyError::BadUpgrade(_) => Blame::Upstream,
             ProxyError::Internal(_) => Blame::Proxy,
         }
     }
@@ -214,6 +221,7 @@ mod tests {
             ),
             (UpstreamError::Closed { addr }.into(), 502),
             (ProxyError::Internal("bug"), 500),
+            (ProxyError::BadUpgrade("accept"), 502),
             (
                 ProxyError::RateLimited(crate::rate_limit::Refusal {
                     limit: crate::rate_limit::Limit::PerIp,

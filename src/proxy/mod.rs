@@ -11,6 +11,7 @@ mod hijack;
 mod pipeline;
 mod request_id;
 mod session;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,6 +51,9 @@ pub(crate) struct ConnCtx {
     /// another client on this connection (0: none), so a flagged session logs one
     /// warning per connection, not one per request.
     pub(crate) flagged: std::sync::atomic::AtomicU64,
+    /// The connection's permit, open count and cut signal (see [`ConnHold`]); a
+    /// tunnel keeps the context, and so these, until it ends.
+    pub(crate) hold: crate::listener::ConnHold,
 }
 
 /// Serves one request; never fails.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 use super::body::{RequestBody, ResponseBody};
 use super::headers;
 use super::session::{self, SessionCtx};
+use super::tunnel::{self, Pending};
 use super::{ConnCtx, ProxyError};
 use crate::config::Affinity;
 use crate::inject;
@@ -52,9 +52,9 @@ const JWKS_PATH: &str = "/.cloakroom/jwks.json";
 
 /// Runs the pipeline for one request.
 pub(crate) async fn run(
-    state: &AppState,
+    state: &Arc<AppState>,
     rt: &Runtime,
-    conn: &ConnCtx,
+    conn: &Arc<ConnCtx>,
     mut request: Request<Incoming>,
     log: &mut Outcome,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -139,15 +139,15 @@ pub(crate) async fn run(
         None
     };
 
-    let tunnel = headers::wants_upgrade(request.headers()) && request.version() <= Version::HTTP_11;
-    let client_upgrade = tunnel.then(|| hyper::upgrade::on(&mut request));
+    let mut pending = tunnel::requested(&request).map(|kind| Pending::take(kind, &mut request));
+    let tunnel = pending.is_some();
     let exceeded = Arc::new(AtomicBool::new(false));
     let mut upstream_request = build_upstream_request(
         rt,
         conn,
         request,
         ctx.as_ref().map(|c| &c.session),
-        tunnel,
+        pending.as_mut(),
         &exceeded,
         log.request_id.as_ref(),
     )?;
@@ -197,7 +197,7 @@ pub(crate) async fn run(
         }
         Err(error) => return Err(error),
     };
-    let mut response = finish_response(response, client_upgrade);
+    let mut response = finish_response(response, pending, state, rt, conn, log)?;
     let control =
         session::take_control(response.headers_mut(), &rt.config.control, rt.cookie.name());
     if let Some(ctx) = ctx {
@@ -273,7 +273,7 @@ fn build_upstream_request(
     conn: &ConnCtx,
     request: Request<Incoming>,
     session: Option<&Session>,
-    tunnel: bool,
+    tunnel: Option<&mut Pending>,
     exceeded: &Arc<AtomicBool>,
     request_id: Option<&HeaderValue>,
 ) -> Result<Request<RequestBody>, ProxyError> {
@@ -291,11 +291,9 @@ fn build_upstream_request(
         None => Uri::from_static("/"),
     };
     parts.version = Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers, tunnel);
-    if tunnel {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    if let Some(tunnel) = tunnel {
+        tunnel.upstream_head(&mut parts)?;
     }
     headers::rewrite_cookies(&mut parts.headers, |pair| rt.cookie.is_ours(pair));
     inject::strip(&mut parts.headers, &rt.inject);
@@ -443,21 +441,23 @@ fn pin(pool: &UpstreamPool, ctx: &mut SessionCtx, backend: &Backend, repinned: b
 }
 
 /// Turns the upstream response into the client's: hop-by-hop headers removed, and for
-/// a `101 Switching Protocols` the two upgraded connections spliced together.
+/// a `101 Switching Protocols` to a tunnel request the two upgraded connections spliced
+/// together (see [`tunnel`]).
 fn finish_response(
     mut response: Response<crate::upstream::UpstreamBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<ResponseBody> {
+    pending: Option<Pending>,
+    state: &Arc<AppState>,
+    rt: &Runtime,
+    conn: &Arc<ConnCtx>,
+    log: &Outcome,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    match (switching, client_upgrade) {
-        (true, Some(client_side)) => {
-            let upstream_side = hyper::upgrade::on(&mut response);
-            let headers = response.headers_mut();
-            headers::strip_hop_by_hop(headers, true);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            tokio::spawn(tunnel(client_side, upstream_side));
-        }
-        _ => {
+    match pending {
+        Some(pending) if switching => pending.open(&mut response, state, rt, conn, log)?,
+        pending => {
+            if let Some(pending) = pending {
+                pending.check_refusal(response.status())?;
+            }
             let headers = response.headers_mut();
             // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
             // intermediary removes the latter (the body is re-framed for the client).
@@ -467,23 +467,5 @@ fn finish_response(
             headers::strip_hop_by_hop(headers, false);
         }
     }
-    response.map(ResponseBody::Upstream)
-}
-
-/// Copies bytes both ways between the upgraded client and upstream connections until
-/// either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-        Err(error) => tracing::debug!(%error, "tunnel ended"),
-    }
+    Ok(response.map(ResponseBody::Upstream))
 }

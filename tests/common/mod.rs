@@ -251,6 +251,8 @@ pub enum Mode {
     Body(Bytes),
     /// 200 announcing 100000 bytes, then 10 bytes, then the connection is cut.
     CloseMidResponse,
+    /// 200 `text/event-stream` (chunked): `data: N` events `0..count`, one every `every`.
+    Events { count: usize, every: Duration },
 }
 
 struct Behaviour {
@@ -471,6 +473,24 @@ async fn mock_handle(
             response.headers_mut().insert(
                 http::header::CONTENT_LENGTH,
                 HeaderValue::from_static("100000"),
+            );
+            response
+        }
+        Mode::Events { count, every } => {
+            let stream = futures_util::stream::unfold(0usize, move |n| async move {
+                if n == count {
+                    return None;
+                }
+                if n > 0 {
+                    tokio::time::sleep(every).await;
+                }
+                let event = Bytes::from(format!("data: {n}\n\n"));
+                Some((Ok::<_, io::Error>(Frame::data(event)), n + 1))
+            });
+            let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
             );
             response
         }
