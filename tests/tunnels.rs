@@ -310,3 +310,73 @@ async fn server_sent_events_stream_past_header_read_and_client_idle() {
         assert_eq!(events.last(), Some(&"data: 7"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_keeps_a_tunnel_through_sigterm_and_exits_0() {
+    let upstream = MockUpstream::start("ws").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::TestPki::new();
+    common::write_leaf(dir.path(), &pki.default_leaf("binary"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let body = format!(
+        "[timeouts]\nshutdown_grace = \"3s\"\n\n[upstreams.app]\nservers = [\"{}\"]\n\n\
+         [[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = false\n",
+        upstream.server()
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        common::config_text(&format!("127.0.0.1:{port}"), &body),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloakroom"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("CLOAKROOM_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = ([127, 0, 0, 1], port).into();
+    poll_until(SOON, "the binary listens", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let mut conn = RawConn::connect(addr, "localhost", &pki, &[b"http/1.1"]).await;
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\n\r\n"
+    );
+    conn.send(request.as_bytes()).await.unwrap();
+    assert_eq!(conn.read_response().await.unwrap().status, 101);
+    echo(&mut conn, b"before").await;
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    echo(&mut conn, b"during the grace").await;
+    let (_, closed) = conn.read_until_closed(Duration::from_secs(8)).await;
+    assert!(closed, "the tunnel outlived the grace period");
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("cloakroom did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("closed_by=\"shutdown\""), "{text}");
+}
