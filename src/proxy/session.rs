@@ -335,9 +335,11 @@ pub(crate) async fn commit(
         }
         return Ok(());
     }
-    let sealed = matches!(state.backend, SessionBackend::Sealed);
     // Kept only for the sealed cookie, which may have to refuse a change that outgrows it.
-    let before = if sealed { session.data.clone() } else { None };
+    let before = match state.backend {
+        SessionBackend::Sealed => session.data.clone(),
+        SessionBackend::Server(_) => None,
+    };
     let identity_changed = control.set_user.is_some() || control.set_roles.is_some();
     if identity_changed {
         let old = session.identity.as_deref().cloned().unwrap_or_default();
