@@ -55,7 +55,9 @@ pub(crate) async fn run(state: Arc<AppState>) {
                 };
                 match &pool.health {
                     Some(config) => {
-                        probe.next = now + config.interval;
+                        // A configured interval (at most 400 days) past the clock's
+                        // range cannot be: checked, never a panic.
+                        probe.next = now.checked_add(config.interval).unwrap_or(now);
                         drop(probe);
                         checks.spawn(active_check(target, config.clone()));
                     }

@@ -142,7 +142,7 @@ pub async fn run(
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
     let opened = session::store::open(&config.session).await?;
-    let state = AppState::new(config, certs, opened.store)?;
+    let state = AppState::new(config, certs, opened.backend)?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();
@@ -186,7 +186,9 @@ pub async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
-    background.spawn(sweep_sessions(state.clone()));
+    if let Some(store) = state.backend.store() {
+        background.spawn(sweep_sessions(state.clone(), store.clone()));
+    }
     if let Some(snapshots) = opened.snapshots.clone() {
         let watched = state.clone();
         background.spawn(snapshots.run(state.stop.clone(), move || watched.runtime().expiry));
@@ -257,9 +259,10 @@ pub(crate) async fn reload_now(state: &AppState) -> Result<u64, ReloadError> {
 
 /// Waits until no client connection is open, or `within` passed; true when none is.
 async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
+    // `within` comes from the config: a deadline past the clock's range is never reached.
+    let deadline = tokio::time::Instant::now().checked_add(within);
     while open.load(Ordering::Relaxed) > 0 {
-        if tokio::time::Instant::now() >= deadline {
+        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
             return false;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -267,10 +270,10 @@ async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> b
     true
 }
 
-/// Lets the session store remove expired sessions in the background (the memory
-/// store's reaper, PostgreSQL's sweep); off the request threads, which run their own
-/// event loops.
-async fn sweep_sessions(state: Arc<AppState>) {
+/// Lets the server-side session store remove expired sessions in the background (the
+/// memory store's reaper, PostgreSQL's sweep); off the request threads, which run their
+/// own event loops. The sealed backend has nothing to sweep.
+async fn sweep_sessions(state: Arc<AppState>, store: Arc<dyn session::SessionStore>) {
     let stop = state.stop.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,7 +283,7 @@ async fn sweep_sessions(state: Arc<AppState>) {
             () = stop.wait() => return,
         }
         let expiry = state.runtime().expiry;
-        match state.store.sweep(session::now_ms(), expiry).await {
+        match store.sweep(session::now_ms(), expiry).await {
             Ok(0) => {}
             Ok(removed) => {
                 state.metrics.session_ended("expired", removed as u64);

@@ -4,6 +4,11 @@
 //! end, even if a reload swaps in a new one meanwhile. A reload builds the next runtime
 //! whole (config, certificates, routes, pools) off the runtime threads and swaps it in
 //! with one store; on any error the running one stays.
+//!
+//! What is fixed at start stays fixed: the session backend ([`SessionBackend`]) and
+//! every other restart-only setting ([`RestartOnly`]). A reload that changes one of
+//! them is refused whole ([`ReloadError::NeedsRestart`]), so the running config never
+//! claims a store, listener or limit the process does not have.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,13 +16,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::assertion::Assertions;
-use crate::config::{Config, ConfigError, ConfigErrors, StoreKind};
+use crate::config::{Config, ConfigError, ConfigErrors, RestartOnly, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
 use crate::rate_limit::RateLimits;
 use crate::router::Router;
 use crate::session::store::SealedCodec;
-use crate::session::{CookieCodec, Expiry, SessionStore};
+use crate::session::{CookieCodec, Expiry, SessionBackend};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
@@ -33,8 +38,10 @@ pub struct Runtime {
     pub(crate) upstreams: Vec<Arc<UpstreamPool>>,
     /// Finds our cookie, MACs and opens tokens, writes `Set-Cookie`.
     pub(crate) cookie: CookieCodec,
-    /// With `store = "cookie"`: seals the whole session into the cookie's value.
-    pub(crate) sealed: Option<SealedCodec>,
+    /// Seals the whole session into the cookie's value, with this generation's secret
+    /// ring (rotation is reloadable). Used only when the backend fixed at start is
+    /// [`SessionBackend::Sealed`]; whether sessions are sealed is never read from here.
+    pub(crate) sealed: SealedCodec,
     pub(crate) expiry: Expiry,
     pub(crate) inject: InjectRules,
     /// Pre-resolved metric handles; `None` without an admin listener (nothing reads them).
@@ -53,8 +60,11 @@ pub struct AppState {
     runtime: ArcSwap<Runtime>,
     pub(crate) certs: Arc<CertResolver>,
     backends: BackendRegistry,
-    /// Where sessions live (chosen at start; a change needs a restart).
-    pub(crate) store: Arc<dyn SessionStore>,
+    /// Where sessions live: decided once at start, never by a reload.
+    pub(crate) backend: SessionBackend,
+    /// The restart-only settings the process started with; a reload that changes
+    /// one is refused.
+    restart_only: RestartOnly,
     /// The cookie MAC key when `session.secret` is not set: random per start, kept
     /// across reloads so cookies stay valid.
     fallback_secret: [u8; 32],
@@ -79,23 +89,28 @@ pub struct AppState {
 pub enum ReloadError {
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// The file is valid but changes keys that take effect only at start (each named,
+    /// with its position in the file).
+    #[error("{0}")]
+    NeedsRestart(ConfigErrors),
     #[error("the reload task failed: {0}")]
     Task(String),
 }
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
-    /// `store` is opened by the caller (see `session::store::open`).
+    /// `backend` is opened by the caller (see `session::store::open`).
     pub fn new(
         config: Config,
         certs: CertTable,
-        store: Arc<dyn SessionStore>,
+        backend: SessionBackend,
     ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
         let fallback_secret = crate::session::random_bytes::<32>()?;
         let metrics = Arc::new(Metrics::new());
         let count_metrics = config.listen.admin.is_some();
+        let restart_only = RestartOnly::of(&config);
         let fallback_assertion_key = crate::assertion::generate_key().map_err(|_| {
             crate::session::StoreError::Backend("the OS random generator failed".into())
         })?;
@@ -111,7 +126,8 @@ impl AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
-            store,
+            backend,
+            restart_only,
             fallback_secret,
             fallback_assertion_key,
             stop: Arc::default(),
@@ -136,7 +152,10 @@ impl AppState {
             .await
             .map_err(|e| ReloadError::Task(e.to_string()))??;
         let (config, certs) = loaded;
-        warn_restart_only_changes(&current.config, &config);
+        let changed = self.restart_only.changes(&config);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(ConfigErrors(changed)));
+        }
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -212,8 +231,7 @@ fn build_runtime(
         router: Router::new(&config.routes),
         upstreams: backends.build(&config.upstreams),
         cookie: CookieCodec::new(&config.session, &secrets),
-        sealed: matches!(config.session.store, StoreKind::Cookie)
-            .then(|| SealedCodec::new(&config.session.cookie, &secrets)),
+        sealed: SealedCodec::new(&config.session.cookie, &secrets),
         expiry: Expiry::of(&config.session),
         metrics: metrics.map(|m| RequestMetrics::new(m, &config)),
         route_names: config
@@ -246,40 +264,5 @@ fn assertions(config: &Config, generated: &[u8]) -> Option<Arc<Assertions>> {
             tracing::error!(%error, "identity assertions are off");
             None
         }
-    }
-}
-
-/// Settings that take effect only at restart: say so instead of silently ignoring them.
-fn warn_restart_only_changes(old: &Config, new: &Config) {
-    let mut changed = Vec::new();
-    if old.listen.https != new.listen.https
-        || old.listen.http != new.listen.http
-        || old.listen.admin != new.listen.admin
-    {
-        changed.push("listen addresses");
-    }
-    if old.session.store != new.session.store {
-        changed.push("session.store");
-    }
-    if old.session.max_sessions != new.session.max_sessions {
-        changed.push("session.max_sessions");
-    }
-    if old.log.format != new.log.format {
-        changed.push("log.format");
-    }
-    if old.listen.workers != new.listen.workers {
-        changed.push("listen.workers");
-    }
-    if old.limits.max_connections != new.limits.max_connections {
-        changed.push("limits.max_connections");
-    }
-    if old.limits.max_header_bytes != new.limits.max_header_bytes {
-        changed.push("limits.max_header_bytes");
-    }
-    if !changed.is_empty() {
-        tracing::warn!(
-            settings = %changed.join(", "),
-            "reload: these settings changed but take effect only after a restart"
-        );
     }
 }

@@ -190,6 +190,97 @@ fn check_warns_about_idle_longer_than_absolute_and_still_exits_0() {
 }
 
 #[test]
+fn check_refuses_a_duration_over_400_days_in_every_duration_key() {
+    const SECRET: &str = "secret = \"0123456789abcdef0123456789abcdef\"";
+    const SERVERS: &str = "[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n";
+    const ROUTE: &str = "[[routes]]\npath = \"/\"\nupstream = \"app\"\n";
+    // (the key as errors name it, the config body with DURATION where the value goes)
+    let timeouts = [
+        "connect",
+        "header_read",
+        "tls_handshake",
+        "upstream",
+        "client_idle",
+        "upstream_idle",
+        "shutdown_grace",
+    ]
+    .map(|key| {
+        (
+            format!("timeouts.{key}"),
+            format!("[timeouts]\n{key} = DURATION\n{VALID_BODY}"),
+        )
+    });
+    let session = [
+        "idle_timeout",
+        "absolute_timeout",
+        "persist_interval",
+        "touch_interval",
+    ]
+    .map(|key| {
+        (
+            format!("session.{key}"),
+            format!("[session]\n{key} = DURATION\n{VALID_BODY}"),
+        )
+    });
+    let others = [
+        (
+            "session.redis.timeout",
+            format!(
+                "[session]\nstore = \"redis\"\n{SECRET}\n[session.redis]\n\
+                 url = \"redis://127.0.0.1:6379\"\ntimeout = DURATION\n{VALID_BODY}"
+            ),
+        ),
+        (
+            "session.postgres.timeout",
+            format!(
+                "[session]\nstore = \"postgres\"\n{SECRET}\n[session.postgres]\n\
+                 url = \"postgres://cloakroom@127.0.0.1:5432/cloakroom\"\ntimeout = DURATION\n{VALID_BODY}"
+            ),
+        ),
+        (
+            "upstreams.app.health.interval",
+            format!("{SERVERS}[upstreams.app.health]\npath = \"/h\"\ninterval = DURATION\n{ROUTE}"),
+        ),
+        (
+            "upstreams.app.health.timeout",
+            format!("{SERVERS}[upstreams.app.health]\npath = \"/h\"\ntimeout = DURATION\n{ROUTE}"),
+        ),
+        (
+            "routes[0].timeout",
+            format!("{SERVERS}{ROUTE}timeout = DURATION\n"),
+        ),
+        (
+            "inject.assertion_ttl",
+            format!("[inject]\nassertion_ttl = DURATION\n{VALID_BODY}"),
+        ),
+    ]
+    .map(|(key, body)| (key.to_owned(), body));
+    let dir = ConfigDir::new();
+    for (key, body) in timeouts.into_iter().chain(session).chain(others) {
+        for absurd in ["\"400000000000y\"", "\"401d\""] {
+            let text = config_text("127.0.0.1:8443", &body.replace("DURATION", absurd));
+            let output = check(&dir.write(&text));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{key} = {absurd}:\n{stderr}");
+            assert!(
+                stderr.contains(&format!("{key}: {absurd} is longer than 400 days")),
+                "{key} = {absurd}:\n{stderr}"
+            );
+            let line = line_of(&text, absurd);
+            assert!(
+                names_line(&stderr, line),
+                "{key}: expected proxy.toml:{line}:COL in:\n{stderr}"
+            );
+        }
+        // The longest allowed value passes this key's check (other rules may still
+        // refuse it, e.g. the assertion ttl's range, but never as too long).
+        let text = config_text("127.0.0.1:8443", &body.replace("DURATION", "\"400d\""));
+        let stderr = String::from_utf8_lossy(&check(&dir.write(&text)).stderr).into_owned();
+        assert!(!stderr.contains("400 days"), "{key} = 400d:\n{stderr}");
+    }
+}
+
+#[test]
 fn secret_prints_a_fresh_secret_that_check_accepts() {
     let secret = || {
         let output = Command::new(BIN).arg("secret").output().unwrap();
@@ -332,6 +423,24 @@ async fn binary_reloads_on_sighup_and_exits_0_on_sigterm() {
         running.log().contains("reload refused")
     })
     .await;
+    let response = client.get(url("/new")).send().await.unwrap();
+    assert_eq!(response.text().await.unwrap(), "b");
+
+    // A valid file that changes a restart-only key is refused too: the log names the
+    // key and says to restart.
+    let cookie_store =
+        "[session]\nstore = \"cookie\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    dir.write(&config_text(
+        &https,
+        &two_upstreams(&a, &b, &with_new, cookie_store),
+    ));
+    running.signal("HUP");
+    poll_until(SOON, "the restart-only change is refused", || async {
+        running.log().contains("session.store: changed from")
+    })
+    .await;
+    let log = running.log();
+    assert!(log.contains("restart cloakroom to apply it"), "{log}");
     let response = client.get(url("/new")).send().await.unwrap();
     assert_eq!(response.text().await.unwrap(), "b");
 

@@ -18,8 +18,10 @@ pub(super) async fn readyz(state: &AppState) -> Response<ResponseBody> {
         reasons.push_str("stopping: shutdown in progress\n");
     }
     let runtime = state.runtime();
-    if runtime.config.routes.iter().any(|r| r.session) {
-        match tokio::time::timeout(STORE_DEADLINE, state.store.ping()).await {
+    // The sealed backend has no server to ask.
+    let store = state.backend.store();
+    if let Some(store) = store.filter(|_| runtime.config.routes.iter().any(|r| r.session)) {
+        match tokio::time::timeout(STORE_DEADLINE, store.ping()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 let _ = writeln!(reasons, "session store unreachable: {error}");

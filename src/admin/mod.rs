@@ -122,10 +122,14 @@ fn authorized(token: Option<&crate::config::Secret>, headers: &http::HeaderMap) 
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
 async fn metrics(state: &AppState) -> Response<ResponseBody> {
-    let sessions = tokio::time::timeout(STORE_DEADLINE, state.store.count())
-        .await
-        .ok()
-        .and_then(Result::ok);
+    // The sealed backend keeps no sessions to count.
+    let sessions = match state.backend.store() {
+        Some(store) => tokio::time::timeout(STORE_DEADLINE, store.count())
+            .await
+            .ok()
+            .and_then(Result::ok),
+        None => None,
+    };
     let runtime = state.runtime();
     let servers = runtime.upstreams.iter().flat_map(|pool| {
         pool.backends.iter().map(|b| {

@@ -1,8 +1,9 @@
 //! `POST /reload`: exactly what SIGHUP does (re-read the config file and the
 //! certificates, validate everything, swap it in whole). 200 with the new generation
 //! once it is live; 422 with every error (`file:line:col: key: message`) when the file
-//! was refused, 500 when the reload task itself failed. The running config stays on
-//! any refusal.
+//! was refused; 409 naming each key when the file changes a setting that takes effect
+//! only at start (restart to apply it); 500 when the reload task itself failed. The
+//! running config stays on any refusal.
 
 use http::{Response, StatusCode};
 
@@ -19,6 +20,10 @@ pub(super) async fn post(state: &AppState) -> Response<ResponseBody> {
         ),
         Err(error @ ReloadError::Config(_)) => text(
             StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused, the running configuration stays:\n{error}\n"),
+        ),
+        Err(error @ ReloadError::NeedsRestart(_)) => text(
+            StatusCode::CONFLICT,
             format!("reload refused, the running configuration stays:\n{error}\n"),
         ),
         Err(error @ ReloadError::Task(_)) => text(

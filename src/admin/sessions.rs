@@ -6,8 +6,8 @@
 //! - `DELETE /sessions/{public_id}`: end one session;
 //! - `GET /sessions/count`: sessions in the store.
 //!
-//! Every store call runs under a deadline; a store that cannot do an operation (the
-//! cookie store keeps nothing server-side) answers 501 with the reason.
+//! Every store call runs under a deadline. With the sealed backend (`store = "cookie"`,
+//! nothing kept server-side) every path answers 501 with the reason.
 
 use http::{Response, StatusCode};
 use serde_json::json;
@@ -17,7 +17,7 @@ use crate::inject::percent_decode;
 use crate::metrics::StoreOp;
 use crate::proxy::ResponseBody;
 use crate::session::store::SessionInfo;
-use crate::session::{now_ms, PublicId, StoreError};
+use crate::session::{now_ms, PublicId, SessionBackend, StoreError};
 use crate::state::AppState;
 
 /// Runs an admin store call under the deadline; `Err` is the response to send.
@@ -42,12 +42,21 @@ async fn call<T>(
     }
 }
 
+/// The answer of every path with the sealed backend, which keeps nothing server-side.
+fn not_kept() -> Response<ResponseBody> {
+    json(
+        StatusCode::NOT_IMPLEMENTED,
+        &json!({
+            "error": format!("not supported by this session store: {}", SessionBackend::NOT_KEPT)
+        }),
+    )
+}
+
 /// The answer for a store error.
 fn store_error(error: &StoreError) -> Response<ResponseBody> {
     let status = match error {
         StoreError::Timeout | StoreError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
         StoreError::Full => StatusCode::INSUFFICIENT_STORAGE,
-        StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
     };
     json(status, &json!({ "error": error.to_string() }))
 }
@@ -88,8 +97,11 @@ pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody
     let Some(user) = user_param(query) else {
         return missing_user();
     };
+    let Some(store) = state.backend.store() else {
+        return not_kept();
+    };
     let expiry = state.runtime().expiry;
-    match call(state, state.store.list_user(&user, now_ms(), expiry)).await {
+    match call(state, store.list_user(&user, now_ms(), expiry)).await {
         Ok(sessions) => json(
             StatusCode::OK,
             &serde_json::Value::Array(sessions.iter().map(describe).collect()),
@@ -103,7 +115,10 @@ pub(super) async fn end_user(state: &AppState, query: &str) -> Response<Response
     let Some(user) = user_param(query) else {
         return missing_user();
     };
-    match call(state, state.store.destroy_user(&user)).await {
+    let Some(store) = state.backend.store() else {
+        return not_kept();
+    };
+    match call(state, store.destroy_user(&user)).await {
         Ok(ended) => {
             state.metrics.session_ended("admin", ended as u64);
             tracing::info!(user, ended, "admin: user logged out everywhere");
@@ -126,7 +141,10 @@ pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody
             &json!({ "error": "not a session id (22 base64url characters, as in X-Session-Id)" }),
         );
     };
-    match call(state, state.store.destroy_public(&PublicId(bytes))).await {
+    let Some(store) = state.backend.store() else {
+        return not_kept();
+    };
+    match call(state, store.destroy_public(&PublicId(bytes))).await {
         Ok(true) => {
             state.metrics.session_ended("admin", 1);
             tracing::info!(session = id, "admin: session ended");
@@ -142,7 +160,10 @@ pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody
 
 /// `GET /sessions/count`.
 pub(super) async fn count(state: &AppState) -> Response<ResponseBody> {
-    match call(state, state.store.count()).await {
+    let Some(store) = state.backend.store() else {
+        return not_kept();
+    };
+    match call(state, store.count()).await {
         Ok(count) => json(StatusCode::OK, &json!({ "count": count })),
         Err(response) => response,
     }

@@ -12,6 +12,7 @@ mod error;
 mod interpolate;
 mod locate;
 mod raw;
+mod restart;
 mod security;
 mod validate;
 
@@ -22,6 +23,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use restart::RestartOnly;
 pub use security::{AnomalyMode, AssertionConfig, Rate, RateLimitsConfig, SecurityConfig};
 
 /// The whole validated configuration.
@@ -264,7 +266,9 @@ impl SessionConfig {
             StoreKind::Redis(redis) => redis.timeout,
             // The store applies `timeout` itself (and marks the database down when it
             // passes); this outer bound is a backstop a little later.
-            StoreKind::Postgres(postgres) => postgres.timeout + Duration::from_millis(100),
+            StoreKind::Postgres(postgres) => {
+                postgres.timeout.saturating_add(Duration::from_millis(100))
+            }
             // In-process stores answer at once; the bound only guards against a bug.
             StoreKind::Memory | StoreKind::Cookie => Duration::from_secs(2),
         }

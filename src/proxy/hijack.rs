@@ -13,7 +13,7 @@ use super::ProxyError;
 use crate::anomaly::{self, Anomaly};
 use crate::config::AnomalyMode;
 use crate::metrics::StoreOp;
-use crate::session::{random_bytes, PublicId, Session};
+use crate::session::{random_bytes, PublicId, Session, SessionBackend};
 use crate::state::{AppState, Runtime};
 
 /// Checks the request's client against the session's recorded origin. Returns what to
@@ -58,8 +58,8 @@ pub(crate) async fn check(
     warn_anomaly(&ctx.session.public_id, change, "end");
     // `end`: as a logout; the request goes on with a fresh anonymous session.
     // A sealed session has nothing on the server: the fresh session's cookie replaces it.
-    if let Handle::Stored(token) = &ctx.handle {
-        store_call(rt, StoreOp::Destroy, state.store.destroy(token)).await?;
+    if let (SessionBackend::Server(store), Handle::Stored(token)) = (&state.backend, &ctx.handle) {
+        store_call(rt, StoreOp::Destroy, store.destroy(token)).await?;
     }
     state.metrics.session_ended("anomaly", 1);
     let mut fresh = Session::new(PublicId(random_bytes().map_err(ProxyError::Store)?), now);

@@ -2,8 +2,9 @@
 //! `require_user`, apply the upstream's control headers, and answer
 //! `POST /.cloakroom/logout`.
 //!
-//! Two kinds of store sit behind it: server-side stores (`SessionStore`: memory, Redis,
-//! PostgreSQL), where the cookie carries a MAC'd token, and the cookie store, where the
+//! Two backends sit behind it, one fixed at start ([`SessionBackend`], never read from
+//! the reloaded config): server-side stores (`SessionStore`: memory, Redis,
+//! PostgreSQL), where the cookie carries a MAC'd token, and the sealed cookie, where the
 //! cookie carries the whole session sealed ([`SealedCodec`]); [`Handle`] says which.
 //!
 //! Fail closed on identity: a cookie that does not verify, or names no live session,
@@ -25,7 +26,8 @@ use crate::inject::{encode_component, percent_decode, percent_encode_byte};
 use crate::metrics::StoreOp;
 use crate::session::store::{SealError, SealedCodec};
 use crate::session::{
-    random_bytes, ClientOrigin, CookieCache, Identity, PublicId, Session, StoreError, Token,
+    random_bytes, ClientOrigin, CookieCache, Identity, PublicId, Session, SessionBackend,
+    StoreError, Token,
 };
 use crate::state::{AppState, Runtime};
 
@@ -93,39 +95,45 @@ pub(crate) async fn find(
     cache: &CookieCache,
     now: u64,
 ) -> Result<SessionCtx, ProxyError> {
-    if let Some(sealed) = &rt.sealed {
-        if let Some(mut session) = rt.cookie.values(headers).find_map(|v| sealed.open(v)) {
-            if rt.expiry.allows(session.created, session.last_seen, now) {
-                let reseal = rt.expiry.touch_due(session.last_seen, now);
-                if reseal {
-                    session.last_seen = now;
+    match &state.backend {
+        SessionBackend::Sealed => {
+            let opened = rt.cookie.values(headers).find_map(|v| rt.sealed.open(v));
+            if let Some(mut session) = opened {
+                if rt.expiry.allows(session.created, session.last_seen, now) {
+                    let reseal = rt.expiry.touch_due(session.last_seen, now);
+                    if reseal {
+                        session.last_seen = now;
+                    }
+                    return Ok(SessionCtx {
+                        handle: Handle::Sealed { reseal },
+                        session,
+                        pin_changed: false,
+                        origin: None,
+                        origin_changed: false,
+                    });
                 }
-                return Ok(SessionCtx {
-                    handle: Handle::Sealed { reseal },
-                    session,
-                    pin_changed: false,
-                    origin: None,
-                    origin_changed: false,
-                });
             }
         }
-    } else if let Some(token) = rt.cookie.find_cached(headers, cache) {
-        if let Some(session) =
-            store_call(rt, StoreOp::Load, state.store.load(&token, now, rt.expiry)).await?
-        {
-            return Ok(SessionCtx {
-                handle: Handle::Stored(token),
-                session,
-                pin_changed: false,
-                origin: None,
-                origin_changed: false,
-            });
+        SessionBackend::Server(store) => {
+            if let Some(token) = rt.cookie.find_cached(headers, cache) {
+                if let Some(session) =
+                    store_call(rt, StoreOp::Load, store.load(&token, now, rt.expiry)).await?
+                {
+                    return Ok(SessionCtx {
+                        handle: Handle::Stored(token),
+                        session,
+                        pin_changed: false,
+                        origin: None,
+                        origin_changed: false,
+                    });
+                }
+            }
+            // A new session is stored only at commit, after the upstream answered: while
+            // the store is known to be down, check it now and answer 503 before forwarding.
+            if store.known_down() {
+                store_call(rt, StoreOp::Load, store.ping()).await?;
+            }
         }
-    }
-    // A new session is stored only at commit, after the upstream answered: while the
-    // store is known to be down, check it now and answer 503 before forwarding.
-    if state.store.known_down() {
-        store_call(rt, StoreOp::Load, state.store.ping()).await?;
     }
     let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
     Ok(SessionCtx {
@@ -302,40 +310,36 @@ pub(crate) async fn commit(
         origin_changed,
     } = ctx;
     if control.logout {
-        match &handle {
-            Handle::Stored(token) => {
-                store_call(rt, StoreOp::Destroy, state.store.destroy(token)).await?;
-                outcome.set_cookie = rt.cookie.expire_cookie();
-                state.metrics.session_ended("logout", 1);
-            }
-            Handle::Sealed { .. } => {
-                outcome.set_cookie = rt.cookie.expire_cookie();
-                state.metrics.session_ended("logout", 1);
-            }
-            Handle::New => {}
+        if let (SessionBackend::Server(store), Handle::Stored(token)) = (&state.backend, &handle) {
+            store_call(rt, StoreOp::Destroy, store.destroy(token)).await?;
+        }
+        if !matches!(handle, Handle::New) {
+            outcome.set_cookie = rt.cookie.expire_cookie();
+            state.metrics.session_ended("logout", 1);
         }
         if let (true, Some(user)) = (control.logout_everywhere, session.user()) {
             // "Log out of all devices": every other session of this user ends too.
-            match store_call(rt, StoreOp::Admin, state.store.destroy_user(user)).await {
-                Ok(ended) => {
+            match &state.backend {
+                SessionBackend::Server(store) => {
+                    let ended = store_call(rt, StoreOp::Admin, store.destroy_user(user)).await?;
                     state.metrics.session_ended("logout", ended as u64);
                     tracing::info!(user, ended, "logout everywhere");
                 }
-                // The cookie store keeps no list of a user's sessions.
-                Err(ProxyError::Store(StoreError::Unsupported(why))) => {
-                    tracing::warn!(
-                        user,
-                        why,
-                        "logout everywhere is not possible with this store"
-                    );
-                }
-                Err(error) => return Err(error),
+                // The sealed cookie keeps no list of a user's sessions.
+                SessionBackend::Sealed => tracing::warn!(
+                    user,
+                    why = SessionBackend::NOT_KEPT,
+                    "logout everywhere is not possible with this store"
+                ),
             }
         }
         return Ok(());
     }
-    // Kept only for the cookie store, which may have to refuse a change that outgrows it.
-    let before = rt.sealed.as_ref().and(session.data.clone());
+    // Kept only for the sealed cookie, which may have to refuse a change that outgrows it.
+    let before = match state.backend {
+        SessionBackend::Sealed => session.data.clone(),
+        SessionBackend::Server(_) => None,
+    };
     let identity_changed = control.set_user.is_some() || control.set_roles.is_some();
     if identity_changed {
         let old = session.identity.as_deref().cloned().unwrap_or_default();
@@ -361,21 +365,24 @@ pub(crate) async fn commit(
         }
         session.data = (!data.is_empty()).then(|| Arc::new(data));
     }
-    if let (Some(sealed), Handle::New | Handle::Sealed { .. }) = (&rt.sealed, &handle) {
-        let reseal = matches!(handle, Handle::New | Handle::Sealed { reseal: true });
-        if reseal || identity_changed || data_changed || pin_changed || origin_changed {
-            outcome.set_cookie = reseal_cookie(rt, sealed, &mut session, before);
+    let store = match &state.backend {
+        SessionBackend::Server(store) => store,
+        SessionBackend::Sealed => {
+            let reseal = matches!(handle, Handle::New | Handle::Sealed { reseal: true });
+            if reseal || identity_changed || data_changed || pin_changed || origin_changed {
+                outcome.set_cookie = reseal_cookie(rt, &rt.sealed, &mut session, before);
+            }
+            if matches!(handle, Handle::New) {
+                state.metrics.sessions_created.inc();
+            } else if identity_changed {
+                state.metrics.sessions_regenerated.inc();
+            }
+            return Ok(());
         }
-        if matches!(handle, Handle::New) {
-            state.metrics.sessions_created.inc();
-        } else if identity_changed {
-            state.metrics.sessions_regenerated.inc();
-        }
-        return Ok(());
-    }
+    };
     match handle {
         Handle::New => {
-            match store_call(rt, StoreOp::Create, state.store.create(&session, rt.expiry)).await {
+            match store_call(rt, StoreOp::Create, store.create(&session, rt.expiry)).await {
                 Ok(token) => {
                     outcome.set_cookie = rt.cookie.set_cookie(&token);
                     state.metrics.sessions_created.inc();
@@ -394,19 +401,14 @@ pub(crate) async fn commit(
             let fresh = store_call(
                 rt,
                 StoreOp::Regenerate,
-                state.store.regenerate(&token, &session, rt.expiry),
+                store.regenerate(&token, &session, rt.expiry),
             )
             .await?;
             outcome.set_cookie = rt.cookie.set_cookie(&fresh);
             state.metrics.sessions_regenerated.inc();
         }
         Handle::Stored(token) if data_changed || pin_changed || origin_changed => {
-            store_call(
-                rt,
-                StoreOp::Save,
-                state.store.save(&token, &session, rt.expiry),
-            )
-            .await?;
+            store_call(rt, StoreOp::Save, store.save(&token, &session, rt.expiry)).await?;
         }
         Handle::Stored(_) | Handle::Sealed { .. } => {}
     }
@@ -507,9 +509,9 @@ pub(crate) async fn logout_endpoint<B>(
     }
     check_csrf(request)?;
     // A sealed session has nothing on the server to destroy: expiring the cookie is all.
-    if rt.sealed.is_none() {
+    if let SessionBackend::Server(store) = &state.backend {
         if let Some(token) = rt.cookie.find(request.headers()) {
-            store_call(rt, StoreOp::Destroy, state.store.destroy(&token)).await?;
+            store_call(rt, StoreOp::Destroy, store.destroy(&token)).await?;
             state.metrics.session_ended("logout", 1);
         }
     }

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use crate::upstream::BackendId;
 
 pub use cookie::{CookieCache, CookieCodec};
-pub use store::{MemoryStore, RedisStore, SessionInfo, SessionStore, StoreError};
+pub use store::{MemoryStore, RedisStore, SessionBackend, SessionInfo, SessionStore, StoreError};
 
 /// The secret part of a session: 256 bits from the OS CSPRNG. Never logged, never sent
 /// upstream.

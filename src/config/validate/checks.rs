@@ -9,9 +9,17 @@ use http::HeaderName;
 
 use super::super::HostPattern;
 
+/// The longest duration any key takes: 400 days, the cap browsers put on a cookie's
+/// life. Past it a value is a mistake, and a bound this far below `u64` milliseconds
+/// keeps every `Instant + duration` and millisecond conversion clear of overflow.
+const MAX_DURATION: Duration = Duration::from_secs(400 * 24 * 3600);
+
 pub(super) fn parse_duration(value: &str) -> Result<Duration, String> {
     match humantime::parse_duration(value.trim()) {
         Ok(d) if d.is_zero() => Err(format!("\"{value}\" is zero; give a positive duration like \"2s\"")),
+        Ok(d) if d > MAX_DURATION => Err(format!(
+            "\"{value}\" is longer than 400 days, the longest duration allowed; give a shorter one like \"30d\""
+        )),
         Ok(d) => Ok(d),
         Err(e) => Err(format!(
             "\"{value}\" is not a duration ({e}); write it like \"250ms\", \"2s\", \"30m\" or \"12h\""
@@ -173,6 +181,13 @@ mod tests {
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
         assert!(parse_duration("0s").unwrap_err().contains("zero"));
         assert!(parse_duration("soon").unwrap_err().contains("\"2s\""));
+        assert_eq!(parse_duration("400d"), Ok(MAX_DURATION));
+        for absurd in ["401d", "400000000000y", "2y", "9600h1s"] {
+            assert!(
+                parse_duration(absurd).unwrap_err().contains("400 days"),
+                "{absurd}"
+            );
+        }
     }
 
     #[test]

@@ -22,20 +22,50 @@ pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
 pub use postgres::PostgresStore;
-pub use sealed::{CookieOnly, SealError, SealedCodec};
+pub use sealed::{SealError, SealedCodec};
 
 use std::sync::Arc;
 
 use crate::config::{SessionConfig, StoreKind};
 
-/// The store a proxy runs with, and the memory store's snapshots when `persist` is on.
+/// Where the sessions of this process live: decided once at start from
+/// `session.store`, held for the life of the process. A reload never changes it (a
+/// reload that changes `session.store` is refused), and no request path asks the
+/// reloaded config which store is live: they match on this.
+#[derive(Debug, Clone)]
+pub enum SessionBackend {
+    /// A server keeps each session under a token the cookie carries (memory, Redis,
+    /// PostgreSQL).
+    Server(Arc<dyn SessionStore>),
+    /// `store = "cookie"`: the cookie carries the whole session sealed
+    /// ([`SealedCodec`]); no server keeps anything, so there is nothing to list, end,
+    /// count or sweep.
+    Sealed,
+}
+
+impl SessionBackend {
+    /// Why the sealed backend cannot do what needs a server-side store (the admin
+    /// API's 501, "logout everywhere").
+    pub const NOT_KEPT: &'static str =
+        "store = \"cookie\" keeps sessions in the browsers' cookies, not on a server";
+
+    /// The server-side store, if sessions are kept on a server.
+    pub fn store(&self) -> Option<&Arc<dyn SessionStore>> {
+        match self {
+            SessionBackend::Server(store) => Some(store),
+            SessionBackend::Sealed => None,
+        }
+    }
+}
+
+/// The backend a proxy runs with, and the memory store's snapshots when `persist` is on.
 #[derive(Debug)]
 pub struct Opened {
-    pub store: Arc<dyn SessionStore>,
+    pub backend: SessionBackend,
     pub snapshots: Option<Snapshots>,
 }
 
-/// Opens the store `config` names (connecting to its server, if it has one; loading
+/// Opens the backend `config` names (connecting to its server, if it has one; loading
 /// the memory store's snapshot, if `persist` is set).
 pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
     if let (StoreKind::Memory, Some(path)) = (&config.store, &config.persist) {
@@ -50,18 +80,24 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
             .await
             .map_err(|e| StoreError::Backend(format!("loading the snapshot failed: {e}")))?;
         return Ok(Opened {
-            store: snapshots.store.clone(),
+            backend: SessionBackend::Server(snapshots.store.clone()),
             snapshots: Some(snapshots),
         });
     }
-    let store: Arc<dyn SessionStore> = match &config.store {
-        StoreKind::Memory => Arc::new(MemoryStore::new(config.max_sessions)),
-        StoreKind::Cookie => Arc::new(CookieOnly),
-        StoreKind::Redis(redis) => Arc::new(RedisStore::connect(redis).await?),
-        StoreKind::Postgres(postgres) => Arc::new(PostgresStore::open(postgres).await?),
+    let backend = match &config.store {
+        StoreKind::Memory => {
+            SessionBackend::Server(Arc::new(MemoryStore::new(config.max_sessions)))
+        }
+        StoreKind::Cookie => SessionBackend::Sealed,
+        StoreKind::Redis(redis) => {
+            SessionBackend::Server(Arc::new(RedisStore::connect(redis).await?))
+        }
+        StoreKind::Postgres(postgres) => {
+            SessionBackend::Server(Arc::new(PostgresStore::open(postgres).await?))
+        }
     };
     Ok(Opened {
-        store,
+        backend,
         snapshots: None,
     })
 }
@@ -100,10 +136,6 @@ pub enum StoreError {
     /// The store's backend failed (connection lost, protocol error).
     #[error("session store backend failed: {0}")]
     Backend(String),
-    /// The store cannot do this by design (e.g. the cookie store cannot list or end
-    /// sessions it does not hold); the text says why.
-    #[error("not supported by this session store: {0}")]
-    Unsupported(&'static str),
 }
 
 /// Where sessions live. Every method is one round trip at most; the call site wraps

@@ -8,6 +8,9 @@
 //! the additional data binds the value to the cookie's name. The key id picks the
 //! secret among `[current, previous…]` without trial decryption.
 //!
+//! This is not a `SessionStore`: with it the proxy runs on `SessionBackend::Sealed`
+//! (decided at start), and the request path seals and opens cookies itself.
+//!
 //! Honest limits (README "Several replicas"): a copy of the cookie stays valid until
 //! it expires (idle or absolute), and ending one session on the server cannot reach a
 //! copy; a short `idle_timeout` is the mitigation. The value must stay under what
@@ -17,8 +20,7 @@ use base64::Engine as _;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
 
-use super::{SessionInfo, SessionStore, StoreError};
-use crate::session::{random_bytes, record, Expiry, PublicId, Session, Token};
+use crate::session::{random_bytes, record, Session};
 
 const VERSION: u8 = 2;
 const KEY_ID_LEN: usize = 4;
@@ -124,46 +126,6 @@ impl SealedCodec {
             .open_in_place(nonce(), Aad::from(&self.aad[..]), body)
             .ok()?;
         record::decode(plain).ok()
-    }
-}
-
-/// The server side of the cookie store: there is none. The request path never calls
-/// it (it seals and opens cookies itself); the admin API gets a clear "unsupported"
-/// for what only a server-side store can do (list or end a user's sessions).
-#[derive(Debug, Default)]
-pub struct CookieOnly;
-
-const NOT_KEPT: &str =
-    "store = \"cookie\" keeps sessions in the browsers' cookies, not on a server";
-
-#[async_trait::async_trait]
-impl SessionStore for CookieOnly {
-    async fn load(&self, _: &Token, _: u64, _: Expiry) -> Result<Option<Session>, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn create(&self, _: &Session, _: Expiry) -> Result<Token, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn save(&self, _: &Token, _: &Session, _: Expiry) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn regenerate(&self, _: &Token, _: &Session, _: Expiry) -> Result<Token, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn destroy(&self, _: &Token) -> Result<(), StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn destroy_user(&self, _: &str) -> Result<usize, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn destroy_public(&self, _: &PublicId) -> Result<bool, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn list_user(&self, _: &str, _: u64, _: Expiry) -> Result<Vec<SessionInfo>, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
-    }
-    async fn count(&self) -> Result<usize, StoreError> {
-        Err(StoreError::Unsupported(NOT_KEPT))
     }
 }
 
