@@ -350,6 +350,13 @@ pub(crate) fn worker(listener: std::net::TcpListener, acceptor: Acceptor) {
                 () = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
+        // Cut: let the tasks that watch the signal (tunnels) end and log before the
+        // runtime drops them, for at most as long as `run` waits for them.
+        let mut waited = Duration::ZERO;
+        while open.load(Ordering::Relaxed) > 0 && waited < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
     });
 }
 

@@ -203,6 +203,7 @@ fn check_refuses_a_duration_over_400_days_in_every_duration_key() {
         "client_idle",
         "upstream_idle",
         "shutdown_grace",
+        "tunnel_idle",
     ]
     .map(|key| {
         (

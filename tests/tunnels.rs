@@ -377,6 +377,6 @@ async fn the_binary_keeps_a_tunnel_through_sigterm_and_exits_0() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "{text}");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{text}");
     assert!(text.contains("closed_by=\"shutdown\""), "{text}");
 }
