@@ -3,7 +3,12 @@
 //! PostgreSQL connection, still holds a socket to the dead server; each must reconnect
 //! and retry by itself, without a 503 and without marking the whole store down.
 //!
-//! Each test warms the links (requests over new client connections, so they land on
+//! The store-level tests restart the server while the test's runtime is blocked (the
+//! restart is a blocking call), so no connection has noticed its dead socket when the
+//! next operation starts: that operation must succeed, and the store must not be
+//! marked down.
+//!
+//! The proxy tests warm the links (requests over new client connections, so they land on
 //! every worker), kills the server and starts it again on the same port, waits for the
 //! first 200 on a session route, logs in at once, and then sends 30 requests, each
 //! over a new client connection: all must succeed and the login must stick. Run with
@@ -13,6 +18,11 @@
 
 mod common;
 
+use std::time::Duration;
+
+use cloakroom::config::{PostgresConfig, PostgresUrl, RedisConfig};
+use cloakroom::session::store::PostgresStore;
+use cloakroom::session::{random_bytes, Expiry, PublicId, RedisStore, Session, SessionStore};
 use common::postgres::{unique_table, PgCluster};
 use common::redis::RedisServer;
 use common::session_app::App;
@@ -21,6 +31,76 @@ use reqwest::StatusCode;
 
 const COOKIE: &str = "__Host-cloakroom";
 const SECRET: &str = "0123456789abcdef0123456789abcdef-recovery-test";
+
+const EXPIRY: Expiry = Expiry {
+    idle_ms: 60_000,
+    absolute_ms: 600_000,
+    touch_ms: 10_000,
+};
+
+fn anon(now: u64) -> Session {
+    Session::new(PublicId(random_bytes().unwrap()), now)
+}
+
+#[tokio::test]
+async fn redis_store_retries_on_a_new_connection_after_a_restart_and_stays_up() {
+    let mut server = RedisServer::start().await;
+    let store = RedisStore::open(
+        &RedisConfig {
+            url: server.url(),
+            prefix: "cloakroom:".to_owned(),
+            timeout: Duration::from_secs(1),
+            urls: Vec::new(),
+            ca: None,
+        },
+        None,
+    )
+    .unwrap();
+    let now = cloakroom::session::now_ms();
+    let token = store.create(&anon(now), EXPIRY).await.unwrap();
+    assert!(store.load(&token, now, EXPIRY).await.unwrap().is_some());
+
+    server.restart().await;
+    // The link still holds the old socket: the command fails on it, runs again on
+    // the new connection, and finds the (empty) new server.
+    assert!(store.load(&token, now, EXPIRY).await.unwrap().is_none());
+    assert!(!store.known_down(), "one broken link marked the store down");
+    let token = store.create(&anon(now), EXPIRY).await.unwrap();
+    assert!(store.load(&token, now, EXPIRY).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn postgres_store_replaces_pooled_connections_that_died_and_stays_up() {
+    let cluster = PgCluster::start();
+    let store = PostgresStore::open(&PostgresConfig {
+        url: PostgresUrl(cluster.url()),
+        root_cert: None,
+        table: unique_table("stale"),
+        pool: 4,
+        timeout: Duration::from_secs(1),
+    })
+    .await
+    .unwrap();
+    let token = store.create(&anon(1_000), EXPIRY).await.unwrap();
+    // Four operations at once: the pool holds four connections.
+    let loads = (0..4).map(|_| store.load(&token, 2_000, EXPIRY));
+    for loaded in futures_util::future::join_all(loads).await {
+        assert!(loaded.unwrap().is_some());
+    }
+
+    // Blocking: no connection's driver runs until the next operation awaits.
+    cluster.kill_server();
+    cluster.start_server();
+    let loaded = store.load(&token, 3_000, EXPIRY).await;
+    assert!(
+        matches!(loaded, Ok(Some(_))),
+        "the operation was not retried on a live connection: {loaded:?}"
+    );
+    assert!(!store.known_down(), "one dead connection marked the store down");
+    for _ in 0..8 {
+        assert!(store.load(&token, 3_000, EXPIRY).await.unwrap().is_some());
+    }
+}
 
 /// A proxy with `workers` event loops, the `[session]` store lines `store`, and `/`
 /// a session route to `app`.

@@ -11,9 +11,20 @@
 //! - Expiry is enforced on read from the row's times ([`Expiry::allows`]); the row's
 //!   `expires_ms` only drives the background [`SessionStore::sweep`], which deletes
 //!   in small batches and runs on one replica at a time (`pg_try_advisory_xact_lock`).
-//! - Known down, fail fast: a connection failure marks the database down, and so
-//!   does a timeout that the probe confirms (a probe that gets no answer either); until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
-//!   every operation fails at once and [`SessionStore::available`] is false, so the
+//! - A pooled connection that died (with a restarted server, most likely) fails its
+//!   operation; the operation then runs once more on a connection that answers (a
+//!   new one, or an older one that passed a round trip: see `pool`). Every operation
+//!   may run twice: `load` reads, and its touch writes the same time again; `create`
+//!   and `regenerate` insert under a fresh random token, so if a first run did commit
+//!   and only its answer was lost, its row is held by no client and the sweep removes
+//!   it at expiry; `save` writes the same values again; the deletes delete nothing
+//!   more (a count from the admin API can miss what a lost first run removed); the
+//!   sweep's transaction was rolled back with its connection.
+//! - Known down, fail fast: the database is marked down when a new connection cannot
+//!   be made or the retried operation fails too (never for one pooled connection
+//!   that died), and when a timeout is confirmed by the probe (which gets no answer
+//!   either); until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
+//!   every operation fails at once and [`SessionStore::known_down`] is true, so the
 //!   request path answers 503 without waiting and without forwarding a request whose
 //!   new session could not be stored.
 //! - Nothing here logs a token, a cookie or the URL (it may hold a password).
@@ -87,6 +98,7 @@ impl PostgresStore {
         let manager = Manager {
             connector: connector.clone(),
             sql,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool)
@@ -148,10 +160,13 @@ impl Shared {
     }
 
     /// Runs `op` on a pooled connection under the deadline, failing at once while
-    /// the database is known down, and marking it down on a timeout or an outage.
+    /// the database is known down. When the connection died under it, `op` runs once
+    /// more on a connection that answers (see the module header); an outage seen by
+    /// that second run, or by a new connection, marks the database down, and a
+    /// timeout asks the probe.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool::managed::Object<Manager>) -> Fut,
+        F: Fn(deadpool::managed::Object<Manager>) -> Fut,
         Fut: Future<Output = Result<T, PgError>>,
     {
         if self.down.load(Ordering::Relaxed) {
@@ -159,16 +174,25 @@ impl Shared {
                 "the session database is unreachable (retrying in the background)".into(),
             ));
         }
+        // `None`: every connection busy (or being made) for the whole wait.
         let work = async {
-            let conn = self.pool.get().await.map_err(|e| match e {
-                deadpool::managed::PoolError::Backend(e) => Some(e),
-                // Every connection busy (or being made) for the whole wait.
-                deadpool::managed::PoolError::Timeout(_) => None,
-                _ => Some(PgError::Gone),
-            });
-            match conn {
-                Ok(conn) => op(conn).await.map_err(Some),
-                Err(error) => Err(error),
+            let mut retried = false;
+            loop {
+                let conn = match self.pool.get().await {
+                    Ok(conn) => conn,
+                    Err(deadpool::managed::PoolError::Backend(error)) => return Err(Some(error)),
+                    Err(deadpool::managed::PoolError::Timeout(_)) => return Err(None),
+                    Err(_) => return Err(Some(PgError::Gone)),
+                };
+                match op(conn).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) if !retried && is_outage(&error) => {
+                        tracing::debug!(%error, "a pooled session database connection broke; running the operation once more");
+                        self.pool.manager().connection_broke();
+                        retried = true;
+                    }
+                    Err(error) => return Err(Some(error)),
+                }
             }
         };
         match tokio::time::timeout(self.timeout, work).await {
@@ -419,7 +443,7 @@ impl SessionStore for PostgresStore {
         session: &Session,
         expiry: Expiry,
     ) -> Result<(), StoreError> {
-        let row = Row::new(token, session, expiry);
+        let row = &Row::new(token, session, expiry);
         let (idle, absolute) = (ms(expiry.idle_ms), ms(expiry.absolute_ms));
         self.shared
             .run(|conn| async move {
@@ -562,7 +586,7 @@ impl SessionStore for PostgresStore {
             let batch = self
                 .shared
                 .run(|mut conn| async move {
-                    let Conn { client, st } = &mut *conn;
+                    let Conn { client, st, .. } = &mut *conn;
                     let tx = client.transaction().await?;
                     let row = tx.query_one(&st.sweep_lock, &[&key]).await?;
                     let locked: bool = row.try_get(0)?;
