@@ -96,7 +96,10 @@ async fn postgres_store_replaces_pooled_connections_that_died_and_stays_up() {
         matches!(loaded, Ok(Some(_))),
         "the operation was not retried on a live connection: {loaded:?}"
     );
-    assert!(!store.known_down(), "one dead connection marked the store down");
+    assert!(
+        !store.known_down(),
+        "one dead connection marked the store down"
+    );
     for _ in 0..8 {
         assert!(store.load(&token, 3_000, EXPIRY).await.unwrap().is_some());
     }

@@ -83,7 +83,9 @@ impl Factory {
                 redis::cmd("PING").query_async::<()>(&mut conn).await
             }
             Factory::Cluster(client, config) => {
-                let mut conn = client.get_async_connection_with_config(config.clone()).await?;
+                let mut conn = client
+                    .get_async_connection_with_config(config.clone())
+                    .await?;
                 redis::cmd("PING").query_async::<()>(&mut conn).await
             }
         }
