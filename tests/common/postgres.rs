@@ -235,6 +235,17 @@ impl PgCluster {
         );
     }
 
+    /// Kills the server the way a crash does (`pg_ctl stop -m immediate`): every
+    /// backend exits at once, open connections are cut, the next start recovers.
+    pub fn kill_server(&self) {
+        let out = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "20"]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop -m immediate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Freezes every process of the server (SIGSTOP): it keeps its sockets but
     /// answers nothing, like a hung or overloaded database.
     pub fn pause(&self) {

@@ -205,7 +205,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         Ok(0)
     }
 
-    /// Whether the store's last operation failed (its server down, refusing or hung):
+    /// Whether the store was last found not answering on a fresh connection (its
+    /// server down, refusing or hung; one worker's broken connection does not count):
     /// an atomic load, cheap enough for every request. The request path then checks
     /// with [`SessionStore::ping`] before it starts a new session, so a request that
     /// would end in a 503 at commit gets it before reaching the upstream.

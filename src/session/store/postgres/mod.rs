@@ -11,17 +11,28 @@
 //! - Expiry is enforced on read from the row's times ([`Expiry::allows`]); the row's
 //!   `expires_ms` only drives the background [`SessionStore::sweep`], which deletes
 //!   in small batches and runs on one replica at a time (`pg_try_advisory_xact_lock`).
-//! - Known down, fail fast: a connection failure marks the database down, and so
-//!   does a timeout that the probe confirms (a probe that gets no answer either); until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
-//!   every operation fails at once and [`SessionStore::available`] is false, so the
+//! - A pooled connection that died (with a restarted server, most likely) fails its
+//!   operation; the operation then runs once more on a connection that answers (a
+//!   new one, or an older one that passed a round trip: see `pool`). Every operation
+//!   may run twice: `load` reads, and its touch writes the same time again; `create`
+//!   and `regenerate` insert under a fresh random token, so if a first run did commit
+//!   and only its answer was lost, its row is held by no client and the sweep removes
+//!   it at expiry; `save` writes the same values again; the deletes delete nothing
+//!   more (a count from the admin API can miss what a lost first run removed); the
+//!   sweep's transaction was rolled back with its connection.
+//! - Known down, fail fast: the database is marked down when a new connection cannot
+//!   be made or the retried operation fails too (never for one pooled connection
+//!   that died), and when a timeout is confirmed by the probe (which gets no answer
+//!   either); until a background probe (every [`PROBE_INTERVAL`]) reaches it again,
+//!   every operation fails at once and [`SessionStore::known_down`] is true, so the
 //!   request path answers 503 without waiting and without forwarding a request whose
 //!   new session could not be stored.
 //! - Nothing here logs a token, a cookie or the URL (it may hold a password).
 
+mod outage;
 mod pool;
 mod schema;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +42,7 @@ use tokio_postgres::types::ToSql;
 use super::{SessionInfo, SessionStore, StoreError};
 use crate::config::PostgresConfig;
 use crate::session::{random_bytes, record, Expiry, PublicId, Session, Token};
+use outage::{is_outage, probe};
 use pool::{Conn, Connector, Manager, PgError, Pool};
 use schema::{SchemaError, Sql, SWEEP_BATCH};
 
@@ -87,6 +99,7 @@ impl PostgresStore {
         let manager = Manager {
             connector: connector.clone(),
             sql,
+            epoch: std::sync::atomic::AtomicU64::new(0),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool)
@@ -145,115 +158,6 @@ impl Shared {
             Ok(Err(error)) => Err(error),
             Err(_) => Err(SchemaError::Pg(PgError::Gone)),
         }
-    }
-
-    /// Runs `op` on a pooled connection under the deadline, failing at once while
-    /// the database is known down, and marking it down on a timeout or an outage.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(deadpool::managed::Object<Manager>) -> Fut,
-        Fut: Future<Output = Result<T, PgError>>,
-    {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(StoreError::Backend(
-                "the session database is unreachable (retrying in the background)".into(),
-            ));
-        }
-        let work = async {
-            let conn = self.pool.get().await.map_err(|e| match e {
-                deadpool::managed::PoolError::Backend(e) => Some(e),
-                // Every connection busy (or being made) for the whole wait.
-                deadpool::managed::PoolError::Timeout(_) => None,
-                _ => Some(PgError::Gone),
-            });
-            match conn {
-                Ok(conn) => op(conn).await.map_err(Some),
-                Err(error) => Err(error),
-            }
-        };
-        match tokio::time::timeout(self.timeout, work).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(Some(error))) => {
-                if is_outage(&error) {
-                    self.mark_down(&error);
-                }
-                Err(StoreError::Backend(error.to_string()))
-            }
-            Ok(Err(None)) | Err(_) => {
-                self.suspect.store(true, Ordering::Relaxed);
-                Err(StoreError::Timeout)
-            }
-        }
-    }
-
-    fn mark_down(&self, why: &dyn std::fmt::Display) {
-        if !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                error = %why,
-                table = %self.table,
-                "session database unreachable; session routes answer 503 until it is back"
-            );
-        }
-    }
-
-    /// One probe of a database marked down: the schema if still missing, then a
-    /// pooled connection and a trivial query.
-    async fn probe_once(&self) -> bool {
-        if !self.schema_ready.load(Ordering::Relaxed) {
-            match self.prepare_schema().await {
-                Ok(()) => {}
-                Err(SchemaError::Pg(_)) => return false,
-                Err(error) => {
-                    tracing::error!(%error, "session table schema cannot be used");
-                    return false;
-                }
-            }
-        }
-        let ping = async {
-            let conn = self.pool.get().await.ok()?;
-            conn.client.simple_query("SELECT 1").await.ok()
-        };
-        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Some(_)))
-    }
-}
-
-/// Probes the database while it is marked down, and once after an operation timed
-/// out (marking it down when that probe fails too); ends with the store.
-async fn probe(shared: std::sync::Weak<Shared>) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        if shared.down.load(Ordering::Relaxed) {
-            if Box::pin(shared.probe_once()).await {
-                shared.down.store(false, Ordering::Relaxed);
-                shared.suspect.store(false, Ordering::Relaxed);
-                tracing::info!(table = %shared.table, "session database reachable again");
-            }
-        } else if shared.suspect.swap(false, Ordering::Relaxed)
-            && !Box::pin(shared.probe_once()).await
-        {
-            shared.mark_down(&"operations and a probe found no answer within the timeout");
-        }
-    }
-}
-
-/// Whether `error` means the database cannot be reached (as opposed to a statement
-/// it refused): no server answer at all, or a server saying it is shutting down or
-/// not accepting connections (SQLSTATE classes 08 and 57).
-fn is_outage(error: &PgError) -> bool {
-    match error {
-        PgError::Gone => true,
-        PgError::Driver(error) => match error.as_db_error() {
-            None => true,
-            Some(db) => {
-                let code = db.code().code();
-                code.starts_with("08") || code.starts_with("57")
-            }
-        },
     }
 }
 
@@ -419,7 +323,7 @@ impl SessionStore for PostgresStore {
         session: &Session,
         expiry: Expiry,
     ) -> Result<(), StoreError> {
-        let row = Row::new(token, session, expiry);
+        let row = &Row::new(token, session, expiry);
         let (idle, absolute) = (ms(expiry.idle_ms), ms(expiry.absolute_ms));
         self.shared
             .run(|conn| async move {
@@ -562,7 +466,7 @@ impl SessionStore for PostgresStore {
             let batch = self
                 .shared
                 .run(|mut conn| async move {
-                    let Conn { client, st } = &mut *conn;
+                    let Conn { client, st, .. } = &mut *conn;
                     let tx = client.transaction().await?;
                     let row = tx.query_one(&st.sweep_lock, &[&key]).await?;
                     let locked: bool = row.try_get(0)?;

@@ -9,7 +9,11 @@
 //! - Statements are prepared once per connection, pipelined, when it is made; the
 //!   request path then sends one Bind/Execute per operation (no parse, no lookup).
 //! - A connection whose driver has ended is never handed out again (recycle checks).
+//! - After any connection broke (the server restarted, most likely), every connection
+//!   made before that is checked with a round trip before its next use (the pool's
+//!   epoch moved on), so a retry gets one that answers, or a new one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -55,6 +59,8 @@ pub(crate) type Pool = managed::Pool<Manager>;
 pub(crate) struct Conn {
     pub(crate) client: Client,
     pub(crate) st: Statements,
+    /// The pool's epoch when this connection was made or last checked.
+    epoch: u64,
 }
 
 /// Every statement the store runs, prepared on one connection.
@@ -228,6 +234,16 @@ async fn tls_connector(
 pub(crate) struct Manager {
     pub(crate) connector: Connector,
     pub(crate) sql: Arc<Sql>,
+    /// Moves on when a connection breaks; older connections are checked before use.
+    pub(crate) epoch: AtomicU64,
+}
+
+impl Manager {
+    /// A connection broke: every connection made before now answers a round trip
+    /// before it is handed out again.
+    pub(crate) fn connection_broke(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl managed::Manager for Manager {
@@ -235,18 +251,30 @@ impl managed::Manager for Manager {
     type Error = PgError;
 
     async fn create(&self) -> Result<Conn, PgError> {
+        let epoch = self.epoch.load(Ordering::Relaxed);
         let client = self.connector.connect().await?;
         // Boxed: the preparing future is large (eleven statements in flight), and it
         // would otherwise be part of every `Pool::get` future on the request path.
         let st = Box::pin(Statements::prepare(&client, &self.sql)).await?;
-        Ok(Conn { client, st })
+        Ok(Conn { client, st, epoch })
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<PgError> {
-        // A cheap check only (no round trip): a connection that died since is seen
-        // here; one that dies in use fails that operation, which marks the store down.
+        // A cheap check (no round trip): a connection whose driver saw it die is
+        // dropped here. One that dies in use fails that operation, which is retried
+        // once on another connection (`Shared::run`).
         if conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
+        }
+        // Since this one was last used another connection broke: the server may have
+        // restarted under both, so this one must answer before it is handed out.
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if conn.epoch != epoch {
+            conn.client
+                .check_connection()
+                .await
+                .map_err(|e| RecycleError::Backend(PgError::Driver(e)))?;
+            conn.epoch = epoch;
         }
         Ok(())
     }

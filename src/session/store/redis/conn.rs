@@ -10,18 +10,34 @@
 //! busy 2-core machine): proxy CPU per request 1.7× the memory store's with one
 //! connection driven by the main thread, 1.24–1.36× with this.
 //!
-//! It also keeps a cheap "known down" flag: raised by any failed command, lowered by any
-//! answered one, so the request path can refuse a new session before it forwards the
-//! request (see `SessionStore::known_down`).
+//! Broken links and the "known down" flag (issue 15). After Redis restarts or fails
+//! over, every worker's link still holds the dead socket until its next command fails.
+//! That failure says nothing about the store, only about the link:
+//! - A command whose link broke (an error the client answers by reconnecting:
+//!   [`RedisError::is_unrecoverable_error`]) is sent once more, on the connection the
+//!   client made in its place. Every command the store sends may be sent twice (see
+//!   the reasoning per operation in the parent module's header).
+//! - The store-wide flag that makes session routes answer 503 at once
+//!   (`SessionStore::known_down`) is raised only by a fresh connection's view: the
+//!   retried command failing too (a new connection was refused or broke), or a probe
+//!   (a `PING` on a connection of its own) that gets no answer after a command timed
+//!   out or was abandoned at the caller's deadline. Any answered command lowers it.
+//!
+//! The request path pays one atomic load for the flag; the retry and the probe run
+//! only after a failure.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation, TlsCertificates};
+use redis::{
+    AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, ScriptInvocation, TlsCertificates,
+};
 
 use crate::config::RedisConfig;
 use crate::session::StoreError;
@@ -52,14 +68,99 @@ impl Factory {
             }
         })
     }
+
+    /// `PING` on a connection made for it alone (closed when this returns): whether
+    /// the store answers, whatever state the workers' links are in.
+    async fn ping_fresh(&self, connect: Duration, timeout: Duration) -> Result<(), RedisError> {
+        match self {
+            Factory::Single(client, _) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            }
+            Factory::Cluster(client, config) => {
+                let mut conn = client
+                    .get_async_connection_with_config(config.clone())
+                    .await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            }
+        }
+    }
+}
+
+/// What every thread's link shares: how to make connections, and the store's health.
+struct Shared {
+    factory: Factory,
+    /// The per-command deadline.
+    timeout: Duration,
+    /// The deadline of a new connection (a TLS handshake included).
+    connect: Duration,
+    /// Known down: the last fresh look at the store found it not answering.
+    down: AtomicBool,
+    /// A probe is running (at most one at a time).
+    probing: AtomicBool,
+}
+
+impl Shared {
+    /// Lowers the flag after an answer (a plain load while it is down: this runs
+    /// after every command).
+    fn mark_up(&self) {
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("redis answers again");
+        }
+    }
+
+    /// Raises the flag: a fresh connection found no answer. The text names the kind of
+    /// failure only (never a key, a value or the URL).
+    fn mark_down(&self, why: &dyn std::fmt::Debug) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = ?why, "redis is not answering; session routes answer 503 until it does");
+        }
+    }
+
+    /// A command timed out or was abandoned: starts a probe on the current runtime
+    /// unless one is running. The probe ends by itself within `connect + timeout`, so
+    /// it needs no owner; it holds the shared state alive until then.
+    fn suspect(self: &Arc<Self>) {
+        if self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(Arc::clone(self).probe());
+            }
+            Err(_) => self.probing.store(false, Ordering::Release),
+        }
+    }
+
+    /// One `PING` on a fresh connection; sets the flag from its outcome.
+    async fn probe(self: Arc<Self>) {
+        // Lowers `probing` however the task ends (a worker runtime that shuts down
+        // drops it mid-way).
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.probing);
+        let ping = self.factory.ping_fresh(self.connect, self.timeout);
+        match tokio::time::timeout(self.connect + self.timeout, ping).await {
+            Ok(Ok(())) => self.mark_up(),
+            Ok(Err(error)) => self.mark_down(&error.kind()),
+            Err(_) => self.mark_down(&"no answer within the timeout"),
+        }
+    }
 }
 
 /// A bounded, self-healing connection to Redis (one per thread that uses it).
 pub(super) struct Connection {
-    factory: Factory,
+    shared: Arc<Shared>,
     links: DashMap<std::thread::ThreadId, Link>,
-    timeout: Duration,
-    down: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -68,29 +169,29 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field(
                 "mode",
-                &match self.factory {
+                &match self.shared.factory {
                     Factory::Single(..) => "standalone",
                     Factory::Cluster(..) => "cluster",
                 },
             )
             .field("links", &self.links.len())
-            .field("timeout", &self.timeout)
-            .field("down", &self.down.load(Ordering::Relaxed))
+            .field("timeout", &self.shared.timeout)
+            .field("down", &self.shared.down.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-/// Raises the "known down" flag if a command is abandoned before it ends (the caller's
-/// deadline passed first): a command that never answered counts as a failure.
+/// Starts a probe if a command is abandoned before it ends (the caller's deadline
+/// passed first): a command that never answered says the store may be hung.
 struct Abandoned<'a> {
-    down: &'a AtomicBool,
+    shared: &'a Arc<Shared>,
     ended: bool,
 }
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.down.store(true, Ordering::Relaxed);
+            self.shared.suspect();
         }
     }
 }
@@ -103,6 +204,12 @@ fn classify(error: &RedisError) -> StoreError {
     } else {
         StoreError::Backend(format!("redis: {:?}", error.kind()))
     }
+}
+
+/// Whether the link that ran a command broke (the client drops that connection and
+/// makes a new one for the next command): a dead socket, a refused reconnect.
+fn link_broke(error: &RedisError) -> bool {
+    error.is_unrecoverable_error()
 }
 
 impl Connection {
@@ -138,11 +245,12 @@ impl Connection {
             let manager = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(timeout))
                 .set_connection_timeout(Some(connect))
-                // A few quick retries per reconnect; when they are spent, the next
-                // command starts another round, so recovery never stops.
-                .set_number_of_retries(3)
-                .set_min_delay(Duration::from_millis(50))
-                .set_max_delay(Duration::from_millis(500));
+                // One attempt per reconnect, no backoff inside the client: a command
+                // that finds its link broken is retried once on the new connection
+                // (see the module header), and that retry must see a refusal at once,
+                // not after a round of waits. A failed reconnect is started again by
+                // the next command, so recovery never stops.
+                .set_number_of_retries(0);
             Factory::Single(client, manager)
         } else {
             let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
@@ -161,21 +269,26 @@ impl Connection {
             Factory::Cluster(client, cluster)
         };
         Ok(Connection {
-            factory,
+            shared: Arc::new(Shared {
+                factory,
+                timeout,
+                connect,
+                down: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
+            }),
             links: DashMap::new(),
-            timeout,
-            down: AtomicBool::new(false),
         })
     }
 
     /// The per-command deadline.
     pub(super) fn timeout(&self) -> Duration {
-        self.timeout
+        self.shared.timeout
     }
 
-    /// Whether the last command failed (Redis down, refusing or hung).
+    /// Whether the store was last seen not answering on a fresh connection (Redis down,
+    /// refusing or hung).
     pub(super) fn known_down(&self) -> bool {
-        self.down.load(Ordering::Relaxed)
+        self.shared.down.load(Ordering::Relaxed)
     }
 
     /// This thread's link, made on its first call (so driven by this thread's runtime).
@@ -184,35 +297,50 @@ impl Connection {
         if let Some(link) = self.links.get(&thread) {
             return Ok(link.clone());
         }
-        let link = self.factory.make()?;
+        let link = self.shared.factory.make()?;
         self.links.insert(thread, link.clone());
         Ok(link)
     }
 
-    /// Watches one command (see [`Abandoned`]).
-    fn watch(&self) -> Abandoned<'_> {
-        Abandoned {
-            down: &self.down,
+    /// Runs `send` on this thread's link; when the link broke, once more on the
+    /// connection the client made in its place. Then records what the outcome says
+    /// about the store (see the module header).
+    async fn run<T, F, Fut>(&self, send: F) -> Result<T, StoreError>
+    where
+        F: Fn(Link) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let mut watch = Abandoned {
+            shared: &self.shared,
             ended: false,
+        };
+        let mut result = match self.link() {
+            Ok(link) => send(link).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = &result {
+            if link_broke(error) {
+                tracing::debug!(error = ?error.kind(), "a redis link broke; sending once more on a new connection");
+                result = match self.link() {
+                    Ok(link) => send(link).await,
+                    Err(error) => Err(error),
+                };
+            }
         }
-    }
-
-    /// Records how a command ended.
-    fn settle<T>(&self, result: Result<T, RedisError>) -> Result<T, StoreError> {
+        watch.ended = true;
         match result {
             Ok(value) => {
-                if self.down.load(Ordering::Relaxed) {
-                    self.down.store(false, Ordering::Relaxed);
-                    tracing::info!("redis answers again");
-                }
+                self.shared.mark_up();
                 Ok(value)
             }
             Err(error) => {
-                // A server-side answer (a script error, a wrong type) means Redis is up.
-                if !matches!(error.kind(), redis::ErrorKind::Server(_))
-                    && !self.down.swap(true, Ordering::Relaxed)
-                {
-                    tracing::warn!(error = ?error.kind(), "redis is not answering; session routes answer 503 until it does");
+                match error.kind() {
+                    // A server-side answer (a script error, a wrong type): Redis is up.
+                    redis::ErrorKind::Server(_) => {}
+                    // The retry's new connection broke or was refused too.
+                    _ if link_broke(&error) => self.shared.mark_down(&error.kind()),
+                    // A timeout or another failure of this link: ask a fresh one.
+                    _ => self.shared.suspect(),
                 }
                 Err(classify(&error))
             }
@@ -221,14 +349,13 @@ impl Connection {
 
     /// Runs one command.
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let mut watch = self.watch();
-        let result = match self.link() {
-            Ok(Link::Single(mut c)) => cmd.query_async(&mut c).await,
-            Ok(Link::Cluster(mut c)) => cmd.query_async(&mut c).await,
-            Err(error) => Err(error),
-        };
-        watch.ended = true;
-        self.settle(result)
+        self.run(|link| async move {
+            match link {
+                Link::Single(mut c) => cmd.query_async(&mut c).await,
+                Link::Cluster(mut c) => cmd.query_async(&mut c).await,
+            }
+        })
+        .await
     }
 
     /// Runs a Lua script (EVALSHA, loading it once when the server does not know it).
@@ -236,20 +363,19 @@ impl Connection {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut watch = self.watch();
-        let result = match self.link() {
-            Ok(Link::Single(mut c)) => invocation.invoke_async(&mut c).await,
-            Ok(Link::Cluster(mut c)) => invocation.invoke_async(&mut c).await,
-            Err(error) => Err(error),
-        };
-        watch.ended = true;
-        self.settle(result)
+        self.run(|link| async move {
+            match link {
+                Link::Single(mut c) => invocation.invoke_async(&mut c).await,
+                Link::Cluster(mut c) => invocation.invoke_async(&mut c).await,
+            }
+        })
+        .await
     }
 
     /// The addresses of the Cluster's primaries (`None` for a standalone server), for
     /// commands that must visit every node (`SCAN`).
     pub(super) async fn primaries(&self) -> Result<Option<Vec<(String, u16)>>, StoreError> {
-        let Factory::Cluster(..) = &self.factory else {
+        let Factory::Cluster(..) = &self.shared.factory else {
             return Ok(None);
         };
         let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
@@ -265,20 +391,21 @@ impl Connection {
         port: u16,
     ) -> Result<T, StoreError> {
         use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-        let result = match self.link() {
-            Err(error) => Err(error),
-            Ok(Link::Single(mut c)) => cmd.query_async(&mut c).await,
-            Ok(Link::Cluster(mut c)) => {
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
-                    host: host.to_owned(),
-                    port,
-                });
-                c.route_command(cmd.clone(), routing)
-                    .await
-                    .and_then(|v| T::from_redis_value(v).map_err(RedisError::from))
+        self.run(|link| async move {
+            match link {
+                Link::Single(mut c) => cmd.query_async(&mut c).await,
+                Link::Cluster(mut c) => {
+                    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                        host: host.to_owned(),
+                        port,
+                    });
+                    c.route_command(cmd.clone(), routing)
+                        .await
+                        .and_then(|v| T::from_redis_value(v).map_err(RedisError::from))
+                }
             }
-        };
-        self.settle(result)
+        })
+        .await
     }
 }
 

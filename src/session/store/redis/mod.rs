@@ -14,7 +14,23 @@
 //!
 //! Failure: every command is bounded by `session.redis.timeout`; a failure is a
 //! `StoreError` (503 on the request path), never an empty answer. The connection
-//! reconnects by itself.
+//! reconnects by itself, and a command whose link broke (a socket that died with a
+//! restarted Redis) is sent once more on the new connection ([`conn`]). That is safe
+//! for every command here, because each one may run twice with the same outcome for
+//! the client:
+//! - `load` (`GET`, then the touch script): a read; the touch is a compare-and-set
+//!   that writes nothing when the value already changed, and its failure is ignored.
+//! - `create` (the write script with `NX` on a fresh random token): if the first send
+//!   did run and only its answer was lost, the second finds the key taken and answers
+//!   0, so the caller draws another token; the first record is held by no client and
+//!   expires at its TTL.
+//! - `save` (the write script with `XX`): writes the same value and TTL again.
+//! - `regenerate` (the script: delete the old key, `NX` the new one): a second run
+//!   deletes nothing and, like `create`, finds its token taken and draws another; the
+//!   orphan holds a token no client has and expires at its TTL.
+//! - `destroy` and the admin calls (`DEL`, the destroy script, `SREM`, `SADD`,
+//!   `SMEMBERS`, `MGET`, `SCAN`): deleting or adding again changes nothing. A count
+//!   from the admin API can miss what the lost first send removed.
 
 mod conn;
 mod keys;
