@@ -14,7 +14,7 @@
 #
 # Usage: bench/soak.sh                      # 10 minutes after the build
 #        SOAK_MINUTES=1 bench/soak.sh       # a short check
-# Env:   SOAK_MINUTES (10) RATE (2000) CONNS (40) WS (200) CLOAKROOM_BIN (skip the build)
+# Env:   SOAK_MINUTES (10) RATE (2000) CONNS (80) WS (200) CLOAKROOM_BIN (skip the build)
 # Needs cargo, openssl, python3 with the `websockets` package, wrk (apt-get installs
 # wrk when missing). Only 127.0.0.1, free ports picked by the kernel, everything in a
 # temp dir; every process it starts is stopped on exit.
@@ -26,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH=$ROOT/bench
 MINUTES=${SOAK_MINUTES:-10}
 RATE=${RATE:-2000}
-CONNS=${CONNS:-40}
+CONNS=${CONNS:-80}
 WS=${WS:-200}
 RESULTS=$BENCH/results/soak.md
 RAW=$BENCH/results/soak-raw.txt
@@ -148,7 +148,8 @@ EVENTS_PID=$!
 PIDS+=("$EVENTS_PID")
 
 # --- the minutes ------------------------------------------------------------------------------
-DELAY_MS=$((CONNS * 1000 / RATE))
+# A first guess of the latency (2 ms); corrected after every minute.
+DELAY_MS=$((CONNS * 1000 / RATE - 2))
 ROWS=()
 FAILED=0
 RSS_FIRST=""
@@ -169,6 +170,11 @@ for minute in $(seq "$MINUTES"); do
   FAILED=$((FAILED + http_fails + socket_fails))
   rate=$(awk -v n="$reqs" -v d="$dur" 'BEGIN { printf "%.0f", n / (d / 1e6) }')
   ROWS+=("| $minute | $rss | $fd | $rate | $(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }') | $(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }') | $((http_fails + socket_fails)) | ${reasons:--} |")
+  # Pacing: each connection spends delay + latency per request; aim the next minute at RATE.
+  if [ "$reqs" -gt 0 ]; then
+    DELAY_MS=$(awk -v c="$CONNS" -v r="$RATE" -v m="$rate" -v d="$DELAY_MS" \
+      'BEGIN { l = c * 1000 / m - d; n = c * 1000 / r - l; printf "%d", (n < 1 ? 1 : n + 0.5) }')
+  fi
   log "minute $minute: rss ${rss} MB, fds $fd, $rate req/s, p50 ${p50} µs, p99 ${p99} µs, failed $((http_fails + socket_fails))"
   { echo "== minute $minute (wrk)"; cat "$out"; } >>"$RAW.tmp"
 done
@@ -193,12 +199,15 @@ log_dropped=$(awk '/^cloakroom_log_dropped_total / { print $2 }' <<<"$metrics")
   echo "$WS WebSockets with one message a second each, SIGHUP every 30 s, one upstream server"
   echo "restarted every 2 minutes. Latency: wrk's per-request service time."
   echo
-  echo "| minute | RSS MB | fds | req/s | p50 ms | p99 ms | failed | reasons |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-  printf '%s\n' "${ROWS[@]}"
+  echo "| minute | RSS MB | fds | req/s | p50 ms | p99 ms | failed | reasons | WebSocket failures |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  for i in "${!ROWS[@]}"; do
+    echo "${ROWS[$i]} $(awk -v m="$i" '$2 == "fail" && int($1 / 60) == m { n++ } END { print n + 0 }' "$TMP/ws.out" 2>/dev/null || echo ?) |"
+  done
   echo
   echo "- RSS: ${RSS_BEFORE} MB at start, ${RSS_FIRST} MB after minute 1, ${RSS_END} MB at the end."
-  echo "- Open fds: ${FDS_BEFORE} before the load, ${FDS_AFTER} after it (2 s after the last client)."
+  echo "- Open fds: ${FDS_BEFORE} before the load, ${FDS_AFTER} after it (2 s after the last client;"
+  echo "  pooled upstream connections stay open for timeouts.upstream_idle)."
   echo "- HTTP requests failed: $FAILED."
   echo "- WebSockets: $ws_echoes echoes; $ws_fail_lines failures or closes:"
   if [ "$ws_fail_lines" -gt 0 ]; then
@@ -208,7 +217,7 @@ log_dropped=$(awk '/^cloakroom_log_dropped_total / { print $2 }' <<<"$metrics")
     grep ' fail ' "$TMP/ws.out" | cut -d' ' -f3- | sort | uniq -c | sort -rn | head -20 |
       awk '{ n = $1; $1 = ""; sub(/^ /, ""); printf "  | %d | %s |\n", n, $0 }'
   fi
-  echo "- Events: $(wc -l <"$TMP/events" 2>/dev/null || echo 0) ($(grep -c sighup "$TMP/events" 2>/dev/null || echo 0) SIGHUPs, $(grep -c restarted "$TMP/events" 2>/dev/null || echo 0) upstream restarts)."
+  echo "- Events: $(grep -c sighup "$TMP/events" 2>/dev/null || true) SIGHUPs, $(grep -c restarted "$TMP/events" 2>/dev/null || true) upstream restarts."
   echo "- cloakroom_log_dropped_total at the end: ${log_dropped:-?}."
 } >"$RESULTS"
 {
