@@ -16,6 +16,7 @@ pub mod demo;
 pub mod health;
 pub mod inject;
 pub mod listener;
+pub mod log;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;

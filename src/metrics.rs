@@ -137,6 +137,25 @@ impl EncodeMetric for Timing {
     }
 }
 
+/// `cloakroom_log_dropped_total`: read from the log writer at scrape time (the log is
+/// process-wide, see [`crate::log`]).
+#[derive(Debug)]
+struct LogDropped;
+
+impl TypedMetric for LogDropped {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for LogDropped {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&crate::log::dropped_lines(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Every metric of the process. Lives in `AppState`; survives reloads.
 #[derive(Debug)]
 pub struct Metrics {
@@ -373,6 +392,11 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "Always 1; labels name the build", build);
+        r.register(
+            "log_dropped",
+            "Log lines dropped because the queue to the log writer was full (stderr too slow)",
+            LogDropped,
+        );
         Metrics {
             registry,
             store,
@@ -582,6 +606,7 @@ mod tests {
         assert!(text.contains("le=\"+Inf\""), "{text}");
         assert!(text.contains("cloakroom_sessions_active 7"), "{text}");
         assert!(text.contains("cloakroom_build_info{version="), "{text}");
+        assert!(text.contains("cloakroom_log_dropped_total 0"), "{text}");
     }
 
     #[test]

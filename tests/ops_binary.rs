@@ -10,11 +10,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::session_app::App;
-use common::{config_text, poll_until, reqwest_client, write_leaf, TestPki, SOON};
+use common::{config_text, poll_until, refused_addr, reqwest_client, write_leaf, TestPki, SOON};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloakroom");
 const SECRET: &str = "s3cr3t-value-for-the-cookie-mac-0123456789";
@@ -34,17 +34,21 @@ struct Running {
 }
 
 impl Running {
-    fn start(mut command: Command, log: PathBuf) -> Running {
+    fn start(command: Command, log: PathBuf) -> Running {
         let stderr = std::fs::File::create(&log).unwrap();
-        let child = command
-            .env_remove("CLOAKROOM_CONFIG")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .unwrap();
+        let child = spawn(command, Stdio::from(stderr));
         Running { child, log }
+    }
+
+    /// Started with stderr a pipe, handed to the caller to read or to leave unread.
+    fn start_piped(command: Command) -> (Running, ChildStderr) {
+        let mut child = spawn(command, Stdio::piped());
+        let stderr = child.stderr.take().unwrap();
+        let running = Running {
+            child,
+            log: PathBuf::new(),
+        };
+        (running, stderr)
     }
 
     fn log(&self) -> String {
@@ -71,6 +75,17 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+fn spawn(mut command: Command, stderr: Stdio) -> Child {
+    command
+        .env_remove("CLOAKROOM_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
 
 impl Drop for Running {
@@ -408,4 +423,139 @@ fn the_container_config_is_valid() {
         "http://127.0.0.1:9901/healthz",
         "the HEALTHCHECK probes the admin listener on loopback"
     );
+}
+
+/// Requests answered by the proxy at `port` during `for_how_long`, 16 at a time; every
+/// one must be answered 502/503 within `SOON` (a worker blocked on a full log pipe
+/// would leave them hanging).
+async fn fire_failing_requests(client: &reqwest::Client, port: u16, for_how_long: Duration) -> u64 {
+    let until = tokio::time::Instant::now() + for_how_long;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut answered = 0u64;
+            while tokio::time::Instant::now() < until {
+                let request = client.get(format!("https://localhost:{port}/")).send();
+                let response = tokio::time::timeout(SOON, request)
+                    .await
+                    .expect("a request was not answered: is a worker blocked on the log?")
+                    .unwrap();
+                let status = response.status().as_u16();
+                assert!(matches!(status, 502 | 503), "status {status}");
+                response.bytes().await.unwrap();
+                answered += 1;
+            }
+            answered
+        });
+    }
+    let mut answered = 0;
+    while let Some(count) = tasks.join_next().await {
+        answered += count.unwrap();
+    }
+    answered
+}
+
+/// `cloakroom_log_dropped_total` from the admin listener.
+async fn log_dropped(admin_port: u16) -> u64 {
+    let admin = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = admin
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cloakroom_log_dropped_total "))
+        .unwrap_or_else(|| panic!("no cloakroom_log_dropped_total in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The binary in front of an upstream that is down (every request fails and warns,
+/// access log on), stderr a pipe; drained by a thread when `drain`.
+async fn start_in_an_outage(drain: bool) -> (Running, TestPki, u16, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new();
+    write_leaf(dir.path(), &pki.default_leaf("log back-pressure"));
+    let (port, admin_port) = (free_port(), free_port());
+    let body = format!(
+        "[session]\nsecret = \"{SECRET}\"\n\n[log]\naccess = true\n\n\
+         [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
+        refused_addr()
+    );
+    let text = config_text(&format!("127.0.0.1:{port}"), &body).replacen(
+        "[listen]\n",
+        &format!("[listen]\nadmin = \"127.0.0.1:{admin_port}\"\n"),
+        1,
+    );
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(&config);
+    let (running, mut stderr) = Running::start_piped(command);
+    if drain {
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    } else {
+        // Held open and never read, like a stalled log driver.
+        std::mem::forget(stderr);
+    }
+    poll_until(SOON, "the admin listener answers", || async move {
+        let admin = reqwest::Client::builder().no_proxy().build().unwrap();
+        admin
+            .get(format!("http://127.0.0.1:{admin_port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    (running, pki, port, admin_port, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_log_pipe_never_stalls_requests_and_drops_are_counted() {
+    let phase = Duration::from_secs(3);
+
+    // Reference: the same outage with stderr drained.
+    let (mut drained, pki, port, admin_port, _dir) = start_in_an_outage(true).await;
+    let client = reqwest_client(&pki, ([127, 0, 0, 1], port).into(), true);
+    let reference = fire_failing_requests(&client, port, phase).await;
+    assert_eq!(log_dropped(admin_port).await, 0);
+    drained.terminate();
+    assert_eq!(drained.wait_exit().await.code(), Some(0));
+
+    // stderr nobody reads: its 64 KiB fill within a few hundred access lines, then
+    // the queue, then lines are dropped; requests go on being answered throughout.
+    let (mut stalled, pki, port, admin_port, _dir) = start_in_an_outage(false).await;
+    let client = reqwest_client(&pki, ([127, 0, 0, 1], port).into(), true);
+    let mut answered = fire_failing_requests(&client, port, phase).await;
+    let first_phase = answered;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while log_dropped(admin_port).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no line dropped after {answered} requests"
+        );
+        answered += fire_failing_requests(&client, port, Duration::from_secs(1)).await;
+    }
+    // Past the drop point (the pipe and the whole queue full): still answered.
+    let dropping = fire_failing_requests(&client, port, phase).await;
+    assert!(dropping > 0);
+    let dropped = log_dropped(admin_port).await;
+    assert!(dropped > 0);
+    eprintln!(
+        "log back-pressure: {:.0} req/s with stderr drained, {:.0} req/s unread (first {phase:?}), \
+         {:.0} req/s while dropping; ratio unread/drained {:.2}; {} requests, {dropped} lines dropped",
+        reference as f64 / phase.as_secs_f64(),
+        first_phase as f64 / phase.as_secs_f64(),
+        dropping as f64 / phase.as_secs_f64(),
+        first_phase as f64 / reference as f64,
+        answered + dropping,
+    );
+    // SIGTERM still ends it cleanly, the writer thread blocked or not.
+    stalled.terminate();
+    assert_eq!(stalled.wait_exit().await.code(), Some(0));
 }

@@ -26,6 +26,7 @@ pub use error::{Blame, ProxyError};
 pub(crate) use request_id::RequestIds;
 
 use crate::listener::Activity;
+use crate::log::limit::Cause;
 use crate::state::AppState;
 
 /// What the proxy knows about a client connection.
@@ -90,12 +91,21 @@ pub(crate) async fn serve(
         Err(error) => {
             match error.blame() {
                 Blame::Client => tracing::debug!(peer = %conn.peer, %error, "request refused"),
-                Blame::Upstream => tracing::warn!(
-                    route = log.route,
-                    backend = log.backend.as_deref().unwrap_or("-"),
-                    error = %display_chain(&error),
-                    "upstream failure"
-                ),
+                Blame::Upstream => {
+                    // An outage fails every request: one line per route, server and
+                    // kind of failure per second.
+                    let kind = (std::mem::discriminant(&error), error.status().as_u16());
+                    let cause = Cause::of(&("upstream failure", log.route, &log.backend, kind));
+                    if let Some(suppressed) = crate::log::limit::admit(cause) {
+                        tracing::warn!(
+                            route = log.route,
+                            backend = log.backend.as_deref().unwrap_or("-"),
+                            error = %display_chain(&error),
+                            suppressed,
+                            "upstream failure"
+                        );
+                    }
+                }
                 Blame::Proxy => tracing::error!(%error, "internal error"),
             }
             log.refused = log.refused.or(error.refusal());

@@ -409,12 +409,18 @@ async fn send(
         if error.is_connect_failure() {
             backend.state.mark_down(&pool.name, &backend.name, &error);
         }
-        tracing::warn!(
-            upstream = %pool.name,
-            backend = %backend.name,
-            error = %error,
-            "upstream attempt failed; trying another server"
-        );
+        // One line per server and kind of failure per second, whatever the request rate.
+        let kind = std::mem::discriminant(&error);
+        let cause = crate::log::limit::Cause::of(&("attempt", &pool.name, &backend.name, kind));
+        if let Some(suppressed) = crate::log::limit::admit(cause) {
+            tracing::warn!(
+                upstream = %pool.name,
+                backend = %backend.name,
+                error = %error,
+                suppressed,
+                "upstream attempt failed; trying another server"
+            );
+        }
         tried.push(backend.id);
         if tried.len() >= MAX_ATTEMPTS.min(pool.backends.len()) {
             return Err(error.into());

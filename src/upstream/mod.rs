@@ -95,7 +95,11 @@ impl BackendState {
     /// are dropped; a probe or the active check brings it back.
     pub(crate) fn mark_down(&self, upstream: &str, server: &str, why: &dyn std::fmt::Display) {
         if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!(upstream, backend = server, reason = %why, "server marked down");
+            // Once per transition, and at most once a second for a flapping server.
+            let cause = crate::log::limit::Cause::of(&("down", upstream, server));
+            if let Some(suppressed) = crate::log::limit::admit(cause) {
+                tracing::warn!(upstream, backend = server, reason = %why, suppressed, "server marked down");
+            }
             let mut probe = self.probe();
             probe.passes = 0;
             probe.backoff = FIRST_BACKOFF;
