@@ -282,3 +282,54 @@ pub trait Sweep: Send + Sync + std::fmt::Debug {
     /// sessions the engine does not expire by itself. Returns how many were removed.
     async fn sweep(&self, now: u64, expiry: Expiry) -> Result<usize, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_error_names_its_operation_keeps_its_cause_and_hides_passwords() {
+        let cause = std::io::Error::other("cannot reach redis://app:s3cret@db:6379/0");
+        let error = StoreError::backend("connect", cause);
+        let text = error.to_string();
+        assert!(text.contains("(connect)"), "{text}");
+        assert!(text.contains("redis://app:***@db:6379/0"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(
+            source.to_string().contains("s3cret"),
+            "the cause is kept whole"
+        );
+        let chain = crate::error_chain::display_chain(&error);
+        assert!(!chain.contains("s3cret"), "{chain}");
+        assert_eq!(chain.matches("db:6379").count(), 1, "{chain}");
+    }
+
+    fn config(store: StoreKind) -> SessionConfig {
+        SessionConfig {
+            cookie: "__Host-s".into(),
+            same_site: crate::config::SameSite::Lax,
+            secure: true,
+            persistent: false,
+            idle_timeout: std::time::Duration::from_secs(60),
+            absolute_timeout: std::time::Duration::from_secs(600),
+            store,
+            secret: None,
+            max_sessions: 10,
+            previous_secrets: Vec::new(),
+            persist: None,
+            persist_interval: std::time::Duration::from_secs(30),
+            touch_interval: std::time::Duration::from_secs(6),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_backend_has_the_sides_it_can_serve() {
+        let memory = open(&config(StoreKind::Memory)).await.unwrap().sessions;
+        assert!(matches!(memory.backend, SessionBackend::Server(_)));
+        assert!(memory.index.is_some() && memory.sweep.is_some());
+        let sealed = open(&config(StoreKind::Cookie)).await.unwrap().sessions;
+        assert!(matches!(sealed.backend, SessionBackend::Sealed));
+        assert!(sealed.index.is_none() && sealed.sweep.is_none());
+    }
+}
