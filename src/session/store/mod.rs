@@ -165,8 +165,9 @@ impl From<&Session> for SessionInfo {
     }
 }
 
-/// A session store failed.
-#[derive(Debug, thiserror::Error)]
+/// A session store failed. `Debug` redacts like `Display` (a `?error` in a log line
+/// shows no password either).
+#[derive(thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer within its deadline.
     #[error("session store timed out")]
@@ -183,6 +184,23 @@ pub enum StoreError {
         op: &'static str,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+impl std::fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Timeout => f.write_str("Timeout"),
+            StoreError::Full => f.write_str("Full"),
+            StoreError::Backend { op, source } => f
+                .debug_struct("Backend")
+                .field("op", op)
+                .field(
+                    "source",
+                    &crate::error_chain::redact(&format!("{source:?}")),
+                )
+                .finish(),
+        }
+    }
 }
 
 impl StoreError {
@@ -295,6 +313,7 @@ mod tests {
         assert!(text.contains("(connect)"), "{text}");
         assert!(text.contains("redis://app:***@db:6379/0"), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
+        assert!(!format!("{error:?}").contains("s3cret"), "{error:?}");
         let source = std::error::Error::source(&error).unwrap();
         assert!(
             source.to_string().contains("s3cret"),
