@@ -7,7 +7,9 @@
 //!
 //! `cargo run --release --example session_memory`
 
-use cloakroom::session::{now_ms, Expiry, MemoryStore, PublicId, Session, SessionStore};
+use cloakroom::session::{
+    now_ms, Expiry, MemoryStore, PublicId, Session, SessionIndex, SessionStore,
+};
 use std::time::Duration;
 
 const CAPACITY: usize = 1_100_000;

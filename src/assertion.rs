@@ -88,7 +88,7 @@ impl Assertions {
                 .map(|k| jwk(k)),
         );
         let jwks = Bytes::from(format!(r#"{{"keys":[{}]}}"#, keys.join(",")));
-        let epoch = u64::from_le_bytes(crate::session::random_bytes().unwrap_or([7; 8]));
+        let epoch = u64::from_le_bytes(crate::random::random_bytes().unwrap_or([7; 8]));
         Ok(Assertions {
             header: config.header.clone(),
             key,

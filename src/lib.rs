@@ -13,12 +13,14 @@ pub mod anomaly;
 pub mod assertion;
 pub mod config;
 pub mod demo;
+pub mod error_chain;
 pub mod health;
 pub mod inject;
 pub mod listener;
 pub mod log;
 pub mod metrics;
 pub mod proxy;
+pub mod random;
 pub mod rate_limit;
 pub mod redirect;
 pub mod router;
@@ -127,6 +129,8 @@ pub enum RunError {
     Tls(#[from] rustls::Error),
     #[error("session store setup failed: {0}")]
     Store(#[from] session::StoreError),
+    #[error("{0}")]
+    Random(#[from] random::RandomError),
     #[error("listener setup failed: {0}")]
     Listener(#[source] std::io::Error),
 }
@@ -143,7 +147,7 @@ pub async fn run(
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
     let opened = session::store::open(&config.session).await?;
-    let state = AppState::new(config, certs, opened.backend)?;
+    let state = AppState::new(config, certs, opened.sessions.clone())?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();
@@ -187,8 +191,8 @@ pub async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
-    if let Some(store) = state.backend.store() {
-        background.spawn(sweep_sessions(state.clone(), store.clone()));
+    if let Some(sweep) = state.sweep.clone() {
+        background.spawn(sweep_sessions(state.clone(), sweep));
     }
     if let Some(snapshots) = opened.snapshots.clone() {
         let watched = state.clone();
@@ -274,7 +278,7 @@ async fn wait_until_closed(open: &AtomicUsize, within: std::time::Duration) -> b
 /// Lets the server-side session store remove expired sessions in the background (the
 /// memory store's reaper, PostgreSQL's sweep); off the request threads, which run their
 /// own event loops. The sealed backend has nothing to sweep.
-async fn sweep_sessions(state: Arc<AppState>, store: Arc<dyn session::SessionStore>) {
+async fn sweep_sessions(state: Arc<AppState>, store: Arc<dyn session::Sweep>) {
     let stop = state.stop.clone();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,10 +19,11 @@ use crate::assertion::Assertions;
 use crate::config::{Config, ConfigError, ConfigErrors, RestartOnly, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
+use crate::random::{random_bytes, RandomError};
 use crate::rate_limit::RateLimits;
 use crate::router::Router;
 use crate::session::store::SealedCodec;
-use crate::session::{CookieCodec, Expiry, SessionBackend};
+use crate::session::{CookieCodec, Expiry, SessionBackend, SessionIndex, Sessions, Sweep};
 use crate::shutdown::Signal;
 use crate::tls::{load_cert_table, CertResolver, CertTable, TlsError};
 use crate::upstream::{BackendRegistry, UpstreamPool};
@@ -60,8 +61,15 @@ pub struct AppState {
     runtime: ArcSwap<Runtime>,
     pub(crate) certs: Arc<CertResolver>,
     backends: BackendRegistry,
-    /// Where sessions live: decided once at start, never by a reload.
+    /// Where sessions live: decided once at start, never by a reload. The request
+    /// path's side of it.
     pub(crate) backend: SessionBackend,
+    /// The admin side of the backend (list, end by user or id, count); `None` when
+    /// sessions are not kept server-side (the admin API answers 501).
+    pub(crate) index: Option<Arc<dyn SessionIndex>>,
+    /// The upkeep side (expired sessions removed in the background); `None` when the
+    /// backend needs none.
+    pub(crate) sweep: Option<Arc<dyn Sweep>>,
     /// The restart-only settings the process started with; a reload that changes
     /// one is refused.
     restart_only: RestartOnly,
@@ -99,21 +107,20 @@ pub enum ReloadError {
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
-    /// `backend` is opened by the caller (see `session::store::open`).
+    /// `sessions` is opened by the caller (see `session::store::open`). Fails only
+    /// when the OS random generator does (the per-start secrets).
     pub fn new(
         config: Config,
         certs: CertTable,
-        backend: SessionBackend,
-    ) -> Result<Arc<AppState>, crate::session::StoreError> {
+        sessions: Sessions,
+    ) -> Result<Arc<AppState>, RandomError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
-        let fallback_secret = crate::session::random_bytes::<32>()?;
+        let fallback_secret = random_bytes::<32>()?;
         let metrics = Arc::new(Metrics::new());
         let count_metrics = config.listen.admin.is_some();
         let restart_only = RestartOnly::of(&config);
-        let fallback_assertion_key = crate::assertion::generate_key().map_err(|_| {
-            crate::session::StoreError::Backend("the OS random generator failed".into())
-        })?;
+        let fallback_assertion_key = crate::assertion::generate_key().map_err(|_| RandomError)?;
         let runtime = build_runtime(
             &backends,
             Arc::new(config),
@@ -126,7 +133,9 @@ impl AppState {
             runtime: ArcSwap::from_pointee(runtime),
             certs: resolver,
             backends,
-            backend,
+            backend: sessions.backend,
+            index: sessions.index,
+            sweep: sessions.sweep,
             restart_only,
             fallback_secret,
             fallback_assertion_key,

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use cloakroom::config::{PostgresConfig, PostgresUrl};
 use cloakroom::session::store::PostgresStore;
 use cloakroom::session::{
-    random_bytes, Expiry, Identity, PublicId, Session, SessionStore, StoreError, Token,
+    random_bytes, Expiry, Identity, PublicId, Session, SessionIndex, SessionStore, StoreError,
+    Sweep, Token,
 };
 use common::postgres::{unique_table, PgCluster};
 use common::{poll_until, TestProxy, SOON};

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloakroom::config::RedisConfig;
-use cloakroom::session::{Expiry, Identity, PublicId, RedisStore, Session, SessionStore};
+use cloakroom::session::{
+    Expiry, Identity, PublicId, RedisStore, Session, SessionIndex, SessionStore,
+};
 use common::redis::RedisCluster;
 use common::{MockUpstream, TestProxy};
 

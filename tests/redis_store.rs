@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use cloakroom::config::RedisConfig;
 use cloakroom::session::{
-    Expiry, Identity, PublicId, RedisStore, Session, SessionStore, StoreError, Token,
+    Expiry, Identity, PublicId, RedisStore, Session, SessionIndex, SessionStore, StoreError, Token,
 };
 use common::redis::RedisServer;
 use common::scripted::App;
@@ -305,7 +305,7 @@ async fn store_answers_errors_not_empty_sessions_when_redis_is_gone() {
     let started = Instant::now();
     let error = store.load(&token, t0, EXPIRY).await.unwrap_err();
     assert!(
-        matches!(error, StoreError::Backend(_) | StoreError::Timeout),
+        matches!(error, StoreError::Backend { .. } | StoreError::Timeout),
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(3));

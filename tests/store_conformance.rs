@@ -6,8 +6,9 @@
 //! ("tickets"): a server-side store's ticket is its token sealed by the MAC'd
 //! `CookieCodec`; the cookie store's ticket is the sealed session itself. What only a
 //! server-side store can do (end a session everywhere, list or end a user's sessions,
-//! count) is checked where [`Kind::Server`]; for the cookie store the suite checks
-//! the opposite, honest limit: a copied ticket stays valid until it expires.
+//! count) is checked where [`Kind::Server`], through the store's `SessionIndex` (the
+//! admin side, which the cookie store does not have); for the cookie store the suite
+//! checks the opposite, honest limit: a copied ticket stays valid until it expires.
 //!
 //! Time is passed explicitly (`now`, from a base near the real clock so native TTLs
 //! stay positive).
@@ -24,7 +25,8 @@ use std::time::Duration;
 use cloakroom::config::{SameSite, SessionConfig, StoreKind};
 use cloakroom::session::store::{MemoryStore, SealedCodec, Snapshots};
 use cloakroom::session::{
-    now_ms, random_bytes, CookieCodec, Expiry, Identity, PublicId, Session, SessionStore, Token,
+    now_ms, random_bytes, CookieCodec, Expiry, Identity, PublicId, Session, SessionBackend,
+    SessionIndex, SessionStore, Sessions, Token,
 };
 
 const IDLE_MS: u64 = 60_000;
@@ -49,15 +51,14 @@ pub enum Kind {
 }
 
 /// Rebuilds a store as a restarted proxy would.
-type Restart =
-    Box<dyn Fn() -> futures_util::future::BoxFuture<'static, Arc<dyn SessionStore>> + Send + Sync>;
+type Restart = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, Sessions> + Send + Sync>;
 
 /// A store under test, as the suite drives it.
 pub struct StoreUnderTest {
     kind: Kind,
-    /// The server-side store; `None` for the cookie store, which has none (the proxy
-    /// runs it as `SessionBackend::Sealed`).
-    server: Option<Arc<dyn SessionStore>>,
+    /// The server-side store's sides (request path, index, sweep); `None` for the
+    /// cookie store, which has none (the proxy runs it as `SessionBackend::Sealed`).
+    server: Option<Sessions>,
     /// Seals tokens (server stores) with `[current, previous…]` secrets.
     codec: CookieCodec,
     /// The cookie store's codec.
@@ -92,10 +93,10 @@ fn session_config() -> SessionConfig {
 
 impl StoreUnderTest {
     /// A server-side store, with its guard.
-    pub fn server(store: Arc<dyn SessionStore>, guard: Box<dyn std::any::Any + Send>) -> Self {
+    pub fn server(sessions: Sessions, guard: Box<dyn std::any::Any + Send>) -> Self {
         StoreUnderTest {
             kind: Kind::Server,
-            server: Some(store),
+            server: Some(sessions),
             codec: CookieCodec::new(&session_config(), &[SECRET]),
             sealed: None,
             restart: None,
@@ -106,10 +107,7 @@ impl StoreUnderTest {
     /// Adds how to rebuild the store as a restarted proxy would.
     pub fn with_restart(
         mut self,
-        restart: impl Fn() -> futures_util::future::BoxFuture<'static, Arc<dyn SessionStore>>
-            + Send
-            + Sync
-            + 'static,
+        restart: impl Fn() -> futures_util::future::BoxFuture<'static, Sessions> + Send + Sync + 'static,
     ) -> Self {
         self.restart = Some(Box::new(restart));
         self
@@ -198,7 +196,18 @@ impl StoreUnderTest {
 
     /// The server-side store; only behaviours checked where [`Kind::Server`] call it.
     fn store(&self) -> &Arc<dyn SessionStore> {
-        self.server.as_ref().expect("a server-side store")
+        match self.server.as_ref().map(|s| &s.backend) {
+            Some(SessionBackend::Server(store)) => store,
+            _ => panic!("a server-side store"),
+        }
+    }
+
+    /// The server-side store's admin side (by user, by public id, count).
+    fn index(&self) -> &Arc<dyn SessionIndex> {
+        self.server
+            .as_ref()
+            .and_then(|s| s.index.as_ref())
+            .expect("a server-side store keeps an index")
     }
 
     fn token(&self, ticket: &str) -> Token {
@@ -389,11 +398,11 @@ pub async fn destroy_user_ends_every_session_of_that_user_only(s: StoreUnderTest
     let a1 = s.create(&logged_in(now, &alice, None)).await;
     let a2 = s.create(&logged_in(now, &alice, Some("admin"))).await;
     let b1 = s.create(&logged_in(now, &bob, None)).await;
-    assert_eq!(s.store().destroy_user(&alice).await.unwrap(), 2);
+    assert_eq!(s.index().destroy_user(&alice).await.unwrap(), 2);
     assert!(s.load(&a1, now + 1).await.is_none());
     assert!(s.load(&a2, now + 1).await.is_none());
     assert!(s.load(&b1, now + 1).await.is_some());
-    assert_eq!(s.store().destroy_user(&alice).await.unwrap(), 0);
+    assert_eq!(s.index().destroy_user(&alice).await.unwrap(), 0);
 }
 
 pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest) {
@@ -404,7 +413,7 @@ pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest
     let (carl, dana) = (unique_user("carl"), unique_user("dana"));
     let c1 = s.create(&logged_in(now, &carl, Some("dev"))).await;
     s.create(&logged_in(now, &carl, None)).await;
-    let listed = s.store().list_user(&carl, now + 1, expiry()).await.unwrap();
+    let listed = s.index().list_user(&carl, now + 1, expiry()).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed
         .iter()
@@ -415,7 +424,7 @@ pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest
     moved.identity = logged_in(now, &dana, None).identity;
     s.save(&c1, &moved).await;
     assert_eq!(
-        s.store()
+        s.index()
             .list_user(&carl, now + 2, expiry())
             .await
             .unwrap()
@@ -423,7 +432,7 @@ pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest
         1
     );
     assert_eq!(
-        s.store()
+        s.index()
             .list_user(&dana, now + 2, expiry())
             .await
             .unwrap()
@@ -433,7 +442,7 @@ pub async fn list_user_lists_live_sessions_of_the_current_user(s: StoreUnderTest
     // Expired sessions are not listed.
     let later = now + IDLE_MS + 10;
     assert!(s
-        .store()
+        .index()
         .list_user(&carl, later, expiry())
         .await
         .unwrap()
@@ -447,9 +456,9 @@ pub async fn destroy_public_ends_the_session_with_that_public_id(s: StoreUnderTe
     let now = now_ms();
     let session = anonymous(now);
     let ticket = s.create(&session).await;
-    assert!(s.store().destroy_public(&session.public_id).await.unwrap());
+    assert!(s.index().destroy_public(&session.public_id).await.unwrap());
     assert!(s.load(&ticket, now + 1).await.is_none());
-    assert!(!s.store().destroy_public(&session.public_id).await.unwrap());
+    assert!(!s.index().destroy_public(&session.public_id).await.unwrap());
 }
 
 pub async fn count_grows_with_sessions(s: StoreUnderTest) {
@@ -457,11 +466,34 @@ pub async fn count_grows_with_sessions(s: StoreUnderTest) {
         return;
     }
     let now = now_ms();
-    let before = s.store().count().await.unwrap();
+    let before = s.index().count().await.unwrap();
     for _ in 0..3 {
         s.create(&anonymous(now)).await;
     }
-    assert!(s.store().count().await.unwrap() >= before + 3);
+    assert!(s.index().count().await.unwrap() >= before + 3);
+}
+
+pub async fn sweep_removes_expired_sessions_only(s: StoreUnderTest) {
+    let Some(sweep) = s.server.as_ref().and_then(|server| server.sweep.clone()) else {
+        return;
+    };
+    let now = now_ms();
+    let live = s.create(&anonymous(now)).await;
+    let expired = s.create(&anonymous(now - IDLE_MS - 1_000)).await;
+    let removed = sweep.sweep(now, expiry()).await.unwrap();
+    assert!(removed >= 1, "the expired session was not swept");
+    assert!(
+        s.load(&live, now + 1).await.is_some(),
+        "a live session was swept"
+    );
+    assert!(s.load(&expired, now + 1).await.is_none());
+}
+
+pub async fn only_server_stores_have_an_index(s: StoreUnderTest) {
+    match s.kind {
+        Kind::Server => assert!(s.server.as_ref().is_some_and(|s| s.index.is_some())),
+        Kind::Cookie => assert!(s.server.is_none()),
+    }
 }
 
 pub async fn previous_secrets_keep_tickets_valid_during_rotation(mut s: StoreUnderTest) {
@@ -520,6 +552,8 @@ macro_rules! conformance {
                 list_user_lists_live_sessions_of_the_current_user,
                 destroy_public_ends_the_session_with_that_public_id,
                 count_grows_with_sessions,
+                sweep_removes_expired_sessions_only,
+                only_server_stores_have_an_index,
                 previous_secrets_keep_tickets_valid_during_rotation,
                 sessions_survive_a_restart,
             );
@@ -537,7 +571,10 @@ macro_rules! conformance {
 }
 
 async fn memory_store() -> StoreUnderTest {
-    StoreUnderTest::server(Arc::new(MemoryStore::new(10_000)), Box::new(()))
+    StoreUnderTest::server(
+        Sessions::swept(Arc::new(MemoryStore::new(10_000))),
+        Box::new(()),
+    )
 }
 
 /// The memory store with `persist`: a restart saves the snapshot and loads it into a
@@ -551,7 +588,7 @@ async fn persisted_memory_store() -> StoreUnderTest {
         Duration::from_secs(30),
     );
     let current = Arc::new(std::sync::Mutex::new(first.clone()));
-    StoreUnderTest::server(first.store(), Box::new(dir)).with_restart(move || {
+    StoreUnderTest::server(Sessions::swept(first.store()), Box::new(dir)).with_restart(move || {
         let current = current.clone();
         let path = path.clone();
         Box::pin(async move {
@@ -564,7 +601,7 @@ async fn persisted_memory_store() -> StoreUnderTest {
             );
             next.load(expiry());
             *current.lock().unwrap() = next.clone();
-            next.store() as Arc<dyn SessionStore>
+            Sessions::swept(next.store())
         })
     })
 }
@@ -585,13 +622,16 @@ async fn redis_store() -> StoreUnderTest {
         ca: None,
     };
     let store = cloakroom::session::RedisStore::open(&config, None).unwrap();
-    StoreUnderTest::server(Arc::new(store), Box::new(server)).with_restart(move || {
-        let config = config.clone();
-        Box::pin(async move {
-            Arc::new(cloakroom::session::RedisStore::open(&config, None).unwrap())
-                as Arc<dyn SessionStore>
-        })
-    })
+    StoreUnderTest::server(Sessions::self_expiring(Arc::new(store)), Box::new(server)).with_restart(
+        move || {
+            let config = config.clone();
+            Box::pin(async move {
+                Sessions::self_expiring(Arc::new(
+                    cloakroom::session::RedisStore::open(&config, None).unwrap(),
+                ))
+            })
+        },
+    )
 }
 
 /// The PostgreSQL store on the binary's shared throwaway cluster, a table per test; a
@@ -608,12 +648,14 @@ async fn postgres_store() -> StoreUnderTest {
         timeout: Duration::from_secs(2),
     };
     let store = PostgresStore::open(&config).await.unwrap();
-    StoreUnderTest::server(Arc::new(store), Box::new(cluster)).with_restart(move || {
-        let config = config.clone();
-        Box::pin(async move {
-            Arc::new(PostgresStore::open(&config).await.unwrap()) as Arc<dyn SessionStore>
-        })
-    })
+    StoreUnderTest::server(Sessions::swept(Arc::new(store)), Box::new(cluster)).with_restart(
+        move || {
+            let config = config.clone();
+            Box::pin(async move {
+                Sessions::swept(Arc::new(PostgresStore::open(&config).await.unwrap()))
+            })
+        },
+    )
 }
 
 conformance!(memory, memory_store);

@@ -123,8 +123,8 @@ fn authorized(token: Option<&crate::config::Secret>, headers: &http::HeaderMap) 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
 async fn metrics(state: &AppState) -> Response<ResponseBody> {
     // The sealed backend keeps no sessions to count.
-    let sessions = match state.backend.store() {
-        Some(store) => tokio::time::timeout(STORE_DEADLINE, store.count())
+    let sessions = match &state.index {
+        Some(index) => tokio::time::timeout(STORE_DEADLINE, index.count())
             .await
             .ok()
             .and_then(Result::ok),

@@ -55,10 +55,13 @@ fn not_kept() -> Response<ResponseBody> {
 /// The answer for a store error.
 fn store_error(error: &StoreError) -> Response<ResponseBody> {
     let status = match error {
-        StoreError::Timeout | StoreError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StoreError::Timeout | StoreError::Backend { .. } => StatusCode::SERVICE_UNAVAILABLE,
         StoreError::Full => StatusCode::INSUFFICIENT_STORAGE,
     };
-    json(status, &json!({ "error": error.to_string() }))
+    json(
+        status,
+        &json!({ "error": crate::error_chain::display_chain(error) }),
+    )
 }
 
 /// The `user` query parameter, percent-decoded; `None` when missing or empty.
@@ -97,7 +100,7 @@ pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody
     let Some(user) = user_param(query) else {
         return missing_user();
     };
-    let Some(store) = state.backend.store() else {
+    let Some(store) = &state.index else {
         return not_kept();
     };
     let expiry = state.runtime().expiry;
@@ -115,7 +118,7 @@ pub(super) async fn end_user(state: &AppState, query: &str) -> Response<Response
     let Some(user) = user_param(query) else {
         return missing_user();
     };
-    let Some(store) = state.backend.store() else {
+    let Some(store) = &state.index else {
         return not_kept();
     };
     match call(state, store.destroy_user(&user)).await {
@@ -141,7 +144,7 @@ pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody
             &json!({ "error": "not a session id (22 base64url characters, as in X-Session-Id)" }),
         );
     };
-    let Some(store) = state.backend.store() else {
+    let Some(store) = &state.index else {
         return not_kept();
     };
     match call(state, store.destroy_public(&PublicId(bytes))).await {
@@ -160,7 +163,7 @@ pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody
 
 /// `GET /sessions/count`.
 pub(super) async fn count(state: &AppState) -> Response<ResponseBody> {
-    let Some(store) = state.backend.store() else {
+    let Some(store) = &state.index else {
         return not_kept();
     };
     match call(state, store.count()).await {

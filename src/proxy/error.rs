@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The session store did not answer in time or failed.
     #[error("session store unavailable: {0}")]
     Store(#[source] crate::session::StoreError),
+    /// The OS random generator failed (a new session's id could not be drawn).
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     /// The upstream exchange failed.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -75,7 +78,8 @@ impl ProxyError {
             ProxyError::CrossSite => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::PinnedDown { .. }
-            | ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Store(_)
+            | ProxyError::Random(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(e) => match e {
                 UpstreamError::Connect { .. }
                 | UpstreamError::Handshake { .. }
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::PinnedDown { .. }
             | ProxyError::Store(_)
+            | ProxyError::Random(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgrade(_)
             | ProxyError::Internal(_) => None,
@@ -126,7 +131,7 @@ impl ProxyError {
             | ProxyError::Store(_)
             | ProxyError::Upstream(_)
             | ProxyError::BadUpgrade(_) => Blame::Upstream,
-            ProxyError::Internal(_) => Blame::Proxy,
+            ProxyError::Internal(_) | ProxyError::Random(_) => Blame::Proxy,
         }
     }
 
@@ -202,6 +207,7 @@ mod tests {
                 503,
             ),
             (ProxyError::Store(crate::session::StoreError::Timeout), 503),
+            (ProxyError::Random(crate::random::RandomError), 503),
             (UpstreamError::Connect { addr, source: io() }.into(), 502),
             (
                 UpstreamError::ConnectTimeout {

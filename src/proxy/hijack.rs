@@ -62,7 +62,7 @@ pub(crate) async fn check(
         store_call(rt, StoreOp::Destroy, store.destroy(token)).await?;
     }
     state.metrics.session_ended("anomaly", 1);
-    let mut fresh = Session::new(PublicId(random_bytes().map_err(ProxyError::Store)?), now);
+    let mut fresh = Session::new(PublicId(random_bytes()?), now);
     fresh.origin = Some(current);
     *ctx = SessionCtx {
         handle: Handle::New,

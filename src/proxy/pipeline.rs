@@ -344,7 +344,7 @@ async fn send(
                 )
             });
     let key = ctx.as_deref().map(|c| SessionKey {
-        public_id: c.session.public_id,
+        public_id: c.session.public_id.0,
         pinned: c.session.pinned,
     });
     let mut tried: Vec<BackendId> = Vec::new();

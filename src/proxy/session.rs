@@ -135,7 +135,7 @@ pub(crate) async fn find(
             }
         }
     }
-    let public_id = PublicId(random_bytes().map_err(ProxyError::Store)?);
+    let public_id = PublicId(random_bytes()?);
     Ok(SessionCtx {
         handle: Handle::New,
         session: Session::new(public_id, now),
@@ -319,14 +319,14 @@ pub(crate) async fn commit(
         }
         if let (true, Some(user)) = (control.logout_everywhere, session.user()) {
             // "Log out of all devices": every other session of this user ends too.
-            match &state.backend {
-                SessionBackend::Server(store) => {
-                    let ended = store_call(rt, StoreOp::Admin, store.destroy_user(user)).await?;
+            match &state.index {
+                Some(index) => {
+                    let ended = store_call(rt, StoreOp::Admin, index.destroy_user(user)).await?;
                     state.metrics.session_ended("logout", ended as u64);
                     tracing::info!(user, ended, "logout everywhere");
                 }
                 // The sealed cookie keeps no list of a user's sessions.
-                SessionBackend::Sealed => tracing::warn!(
+                None => tracing::warn!(
                     user,
                     why = SessionBackend::NOT_KEPT,
                     "logout everywhere is not possible with this store"

@@ -47,7 +47,7 @@ impl CookieCodec {
             .persistent
             .then(|| i64::try_from(config.absolute_timeout.as_secs()).unwrap_or(i64::MAX));
         let attributes = cookie_attributes(config, max_age);
-        let epoch = u64::from_le_bytes(super::random_bytes::<8>().unwrap_or_default());
+        let epoch = u64::from_le_bytes(crate::random::random_bytes::<8>().unwrap_or_default());
         CookieCodec {
             epoch,
             name: config.cookie.clone(),

@@ -17,8 +17,14 @@ use base64::Engine as _;
 
 use crate::upstream::BackendId;
 
+/// Where session tokens and ids come from (see `crate::random`); re-exported for the
+/// callers that draw a [`PublicId`] or [`Token`].
+pub use crate::random::{random_bytes, RandomError};
 pub use cookie::{CookieCache, CookieCodec};
-pub use store::{MemoryStore, RedisStore, SessionBackend, SessionInfo, SessionStore, StoreError};
+pub use store::{
+    MemoryStore, RedisStore, SessionBackend, SessionIndex, SessionInfo, SessionStore, Sessions,
+    StoreError, Sweep,
+};
 
 /// The secret part of a session: 256 bits from the OS CSPRNG. Never logged, never sent
 /// upstream.
@@ -165,83 +171,9 @@ impl Expiry {
     }
 }
 
-/// Fresh randomness from the OS CSPRNG. A failure of the OS generator is not
-/// recoverable for a security component, so it is reported, never papered over.
-///
-/// The bytes come from the kernel in blocks of [`RANDOM_BLOCK`], kept per thread and
-/// handed out once (each byte is zeroed as it is taken): a new session draws 48 bytes
-/// (public id and token): one `getrandom(2)` per draw cost 306 ns each, from the block
-/// 49 ns (16 bytes) and 97 ns (32 bytes); a whole new session 1.48 -> 0.83 µs
-/// (`benches/new_session.rs`).
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
-    let mut bytes = [0u8; N];
-    if N > RANDOM_BLOCK {
-        os_random(&mut bytes)?;
-        return Ok(bytes);
-    }
-    RANDOM.with(|cell| {
-        let mut pool = cell.borrow_mut();
-        if pool.taken + N > RANDOM_BLOCK {
-            os_random(&mut pool.block)?;
-            pool.taken = 0;
-        }
-        let start = pool.taken;
-        if let Some(source) = pool.block.get_mut(start..start + N) {
-            bytes.copy_from_slice(source);
-            source.fill(0);
-        }
-        pool.taken += N;
-        Ok(bytes)
-    })
-}
-
-/// Bytes fetched from the kernel at once by [`random_bytes`].
-const RANDOM_BLOCK: usize = 512;
-
-/// A thread's unused OS randomness.
-struct RandomPool {
-    block: [u8; RANDOM_BLOCK],
-    /// Bytes already handed out (and zeroed) from the front of `block`.
-    taken: usize,
-}
-
-thread_local! {
-    static RANDOM: std::cell::RefCell<RandomPool> = const {
-        std::cell::RefCell::new(RandomPool { block: [0; RANDOM_BLOCK], taken: RANDOM_BLOCK })
-    };
-}
-
-fn os_random(out: &mut [u8]) -> Result<(), StoreError> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new()
-        .fill(out)
-        .map_err(|_| StoreError::Backend("the OS random generator failed".into()))
-}
-
 /// Unix milliseconds now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_draws_differ_across_block_refills_and_large_sizes_work() {
-        let mut seen = std::collections::HashSet::new();
-        // 100 draws of 48 bytes cross several 512-byte blocks.
-        for _ in 0..100 {
-            let token = random_bytes::<32>().unwrap();
-            let id = random_bytes::<16>().unwrap();
-            assert_ne!(token, [0; 32]);
-            assert_ne!(id, [0; 16]);
-            assert!(seen.insert(token.to_vec()), "a token repeated");
-            assert!(seen.insert(id.to_vec()), "an id repeated");
-        }
-        let big = random_bytes::<1024>().unwrap();
-        assert!(big.iter().any(|&b| b != 0));
-    }
 }

@@ -15,12 +15,12 @@
 use super::balancer::{self, mix64};
 use super::{Backend, BackendId, UpstreamPool};
 use crate::config::{Affinity, OnPinnedDown};
-use crate::session::PublicId;
-
 /// The affinity-relevant part of a session.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionKey {
-    pub(crate) public_id: PublicId,
+    /// The session's public id (its bytes: upstream does not import the session
+    /// layer, which imports [`BackendId`] from here).
+    pub(crate) public_id: [u8; 16],
     pub(crate) pinned: Option<BackendId>,
 }
 
@@ -90,8 +90,8 @@ pub(crate) fn choose<'a>(
     }
 }
 
-fn hash_key(id: &PublicId) -> u64 {
-    let (a, b) = id.0.split_at(8);
+fn hash_key(id: &[u8; 16]) -> u64 {
+    let (a, b) = id.split_at(8);
     let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or([0; 8]));
     word(a) ^ word(b).rotate_left(32)
 }
@@ -145,7 +145,7 @@ mod tests {
         id[..4].copy_from_slice(&i.to_le_bytes());
         id[4..8].copy_from_slice(&mix64(u64::from(i)).to_le_bytes()[..4]);
         SessionKey {
-            public_id: PublicId(id),
+            public_id: id,
             pinned: None,
         }
     }

@@ -192,7 +192,7 @@ impl BackendRegistry {
                 Arc::new(UpstreamPool {
                     name: up.name.clone(),
                     schedule: balancer::schedule(&weights),
-                    seed: u64::from_le_bytes(crate::session::random_bytes::<8>().unwrap_or([7; 8])),
+                    seed: u64::from_le_bytes(crate::random::random_bytes::<8>().unwrap_or([7; 8])),
                     backends,
                     balance: up.balance,
                     affinity: up.affinity,

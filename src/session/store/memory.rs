@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{SessionInfo, SessionStore, StoreError};
-use crate::session::{random_bytes, ClientOrigin, Expiry, Identity, PublicId, Session, Token};
+use super::{SessionIndex, SessionInfo, SessionStore, StoreError, Sweep};
+use crate::random::random_bytes;
+use crate::session::{ClientOrigin, Expiry, Identity, PublicId, Session, Token};
 use crate::upstream::BackendId;
 
 /// One stored session.
@@ -113,7 +114,9 @@ impl MemoryStore {
     }
 
     fn fresh_token(&self) -> Result<Token, StoreError> {
-        Ok(Token(random_bytes::<32>()?))
+        random_bytes::<32>()
+            .map(Token)
+            .map_err(|e| StoreError::backend("draw a token", e))
     }
 
     fn remove(&self, token: &Token) -> Option<Entry> {
@@ -141,7 +144,10 @@ impl MemoryStore {
                 return Ok(token);
             }
         }
-        Err(StoreError::Backend("could not draw an unused token".into()))
+        Err(StoreError::backend(
+            "draw a token",
+            "could not draw an unused token",
+        ))
     }
 
     /// Claims room for one more session under the bound (atomically: concurrent
@@ -333,7 +339,10 @@ impl SessionStore for MemoryStore {
         self.remove(token);
         Ok(())
     }
+}
 
+#[async_trait::async_trait]
+impl SessionIndex for MemoryStore {
     async fn destroy_user(&self, user: &str) -> Result<usize, StoreError> {
         let tokens = self.tokens_of(user);
         let removed = tokens.iter().filter(|t| self.remove(t).is_some()).count();
@@ -372,7 +381,10 @@ impl SessionStore for MemoryStore {
     async fn count(&self) -> Result<usize, StoreError> {
         Ok(self.count.load(Ordering::Relaxed))
     }
+}
 
+#[async_trait::async_trait]
+impl Sweep for MemoryStore {
     async fn sweep(&self, now: u64, expiry: Expiry) -> Result<usize, StoreError> {
         // Runs on the main runtime, not a request worker; the scan locks one shard at
         // a time.

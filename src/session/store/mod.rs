@@ -7,7 +7,10 @@
 //! anonymous session in place of a logged-in one.
 //!
 //! Implementations enforce expiry on read (a session past its idle or absolute limit
-//! is `None`) and keep a by-user index for the admin API. `tests/store_conformance.rs`
+//! is `None`). Three narrow traits say what a caller may do: the request path's
+//! [`SessionStore`] (load, create, save, regenerate, destroy, ping), the admin API's
+//! [`SessionIndex`] (by user, by public id, count) and the upkeep task's [`Sweep`]; a
+//! backend has only the ones it can serve ([`Sessions`]). `tests/store_conformance.rs`
 //! runs one suite against every engine.
 
 pub mod memory;
@@ -58,10 +61,50 @@ impl SessionBackend {
     }
 }
 
+/// What a proxy holds of its session backend, each side typed by what it may do: the
+/// request path's [`SessionBackend`], the admin API's [`SessionIndex`] and the upkeep
+/// task's [`Sweep`]. A side a backend does not have is `None` (the sealed cookie has
+/// neither; Redis expires sessions itself, so it has no sweep).
+#[derive(Debug, Clone)]
+pub struct Sessions {
+    pub backend: SessionBackend,
+    pub index: Option<Arc<dyn SessionIndex>>,
+    pub sweep: Option<Arc<dyn Sweep>>,
+}
+
+impl Sessions {
+    /// A server-side store that keeps an index and needs sweeping (memory, PostgreSQL).
+    pub fn swept<S: SessionStore + SessionIndex + Sweep + 'static>(store: Arc<S>) -> Sessions {
+        Sessions {
+            backend: SessionBackend::Server(store.clone()),
+            index: Some(store.clone()),
+            sweep: Some(store),
+        }
+    }
+
+    /// A server-side store that keeps an index and expires sessions itself (Redis).
+    pub fn self_expiring<S: SessionStore + SessionIndex + 'static>(store: Arc<S>) -> Sessions {
+        Sessions {
+            backend: SessionBackend::Server(store.clone()),
+            index: Some(store),
+            sweep: None,
+        }
+    }
+
+    /// `store = "cookie"`: nothing kept server-side.
+    pub fn sealed() -> Sessions {
+        Sessions {
+            backend: SessionBackend::Sealed,
+            index: None,
+            sweep: None,
+        }
+    }
+}
+
 /// The backend a proxy runs with, and the memory store's snapshots when `persist` is on.
 #[derive(Debug)]
 pub struct Opened {
-    pub backend: SessionBackend,
+    pub sessions: Sessions,
     pub snapshots: Option<Snapshots>,
 }
 
@@ -78,26 +121,24 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
         let loading = snapshots.clone();
         tokio::task::spawn_blocking(move || loading.load(expiry))
             .await
-            .map_err(|e| StoreError::Backend(format!("loading the snapshot failed: {e}")))?;
+            .map_err(|e| StoreError::backend("load the snapshot", e))?;
         return Ok(Opened {
-            backend: SessionBackend::Server(snapshots.store.clone()),
+            sessions: Sessions::swept(snapshots.store.clone()),
             snapshots: Some(snapshots),
         });
     }
-    let backend = match &config.store {
-        StoreKind::Memory => {
-            SessionBackend::Server(Arc::new(MemoryStore::new(config.max_sessions)))
-        }
-        StoreKind::Cookie => SessionBackend::Sealed,
+    let sessions = match &config.store {
+        StoreKind::Memory => Sessions::swept(Arc::new(MemoryStore::new(config.max_sessions))),
+        StoreKind::Cookie => Sessions::sealed(),
         StoreKind::Redis(redis) => {
-            SessionBackend::Server(Arc::new(RedisStore::connect(redis).await?))
+            Sessions::self_expiring(Arc::new(RedisStore::connect(redis).await?))
         }
         StoreKind::Postgres(postgres) => {
-            SessionBackend::Server(Arc::new(PostgresStore::open(postgres).await?))
+            Sessions::swept(Arc::new(PostgresStore::open(postgres).await?))
         }
     };
     Ok(Opened {
-        backend,
+        sessions,
         snapshots: None,
     })
 }
@@ -124,8 +165,9 @@ impl From<&Session> for SessionInfo {
     }
 }
 
-/// A session store failed.
-#[derive(Debug, thiserror::Error)]
+/// A session store failed. `Debug` redacts like `Display` (a `?error` in a log line
+/// shows no password either).
+#[derive(thiserror::Error)]
 pub enum StoreError {
     /// The store did not answer within its deadline.
     #[error("session store timed out")]
@@ -133,9 +175,45 @@ pub enum StoreError {
     /// The store is full of sessions that may not be evicted.
     #[error("session store is full")]
     Full,
-    /// The store's backend failed (connection lost, protocol error).
-    #[error("session store backend failed: {0}")]
-    Backend(String),
+    /// The store's backend failed (connection lost, protocol error) during `op`; the
+    /// underlying error is kept as the source. The text names the operation and the
+    /// cause with connection secrets redacted (`crate::error_chain::redact`).
+    #[error("session store backend failed ({op}): {}", crate::error_chain::redact(&.source.to_string()))]
+    Backend {
+        /// The operation that failed (`load`, `create`, `connect`, ...).
+        op: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl std::fmt::Debug for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Timeout => f.write_str("Timeout"),
+            StoreError::Full => f.write_str("Full"),
+            StoreError::Backend { op, source } => f
+                .debug_struct("Backend")
+                .field("op", op)
+                .field(
+                    "source",
+                    &crate::error_chain::redact(&format!("{source:?}")),
+                )
+                .finish(),
+        }
+    }
+}
+
+impl StoreError {
+    /// A backend failure of `op` caused by `source` (an error, or a message).
+    pub fn backend(
+        op: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Backend {
+            op,
+            source: source.into(),
+        }
+    }
 }
 
 /// Where sessions live. Every method is one round trip at most; the call site wraps
@@ -176,6 +254,27 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Removes the session; unknown tokens are fine.
     async fn destroy(&self, token: &Token) -> Result<(), StoreError>;
 
+    /// Whether the store answers (for `/readyz`). Stores without a server are always
+    /// ready.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Whether the store was last found not answering on a fresh connection (its
+    /// server down, refusing or hung; one worker's broken connection does not count):
+    /// an atomic load, cheap enough for every request. The request path then checks
+    /// with [`SessionStore::ping`] before it starts a new session, so a request that
+    /// would end in a 503 at commit gets it before reaching the upstream.
+    fn known_down(&self) -> bool {
+        false
+    }
+}
+
+/// The admin side of a server-side store: find and end sessions by user or public id,
+/// count them. A backend may not have one (the sealed cookie keeps nothing to list):
+/// the admin API then answers 501 and "logout everywhere" is logged as not possible.
+#[async_trait::async_trait]
+pub trait SessionIndex: Send + Sync + std::fmt::Debug {
     /// Removes every session of `user`; returns how many.
     async fn destroy_user(&self, user: &str) -> Result<usize, StoreError>;
 
@@ -192,25 +291,64 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
     /// How many sessions are stored (live or not yet reaped).
     async fn count(&self) -> Result<usize, StoreError>;
+}
 
-    /// Whether the store answers (for `/readyz`). Stores without a server are always
-    /// ready.
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
+/// Upkeep of a server-side store, run periodically off the request path.
+#[async_trait::async_trait]
+pub trait Sweep: Send + Sync + std::fmt::Debug {
     /// Background upkeep, called periodically off the request path: remove expired
     /// sessions the engine does not expire by itself. Returns how many were removed.
-    async fn sweep(&self, _now: u64, _expiry: Expiry) -> Result<usize, StoreError> {
-        Ok(0)
+    async fn sweep(&self, now: u64, expiry: Expiry) -> Result<usize, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_error_names_its_operation_keeps_its_cause_and_hides_passwords() {
+        let cause = std::io::Error::other("cannot reach redis://app:s3cret@db:6379/0");
+        let error = StoreError::backend("connect", cause);
+        let text = error.to_string();
+        assert!(text.contains("(connect)"), "{text}");
+        assert!(text.contains("redis://app:***@db:6379/0"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!format!("{error:?}").contains("s3cret"), "{error:?}");
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(
+            source.to_string().contains("s3cret"),
+            "the cause is kept whole"
+        );
+        let chain = crate::error_chain::display_chain(&error);
+        assert!(!chain.contains("s3cret"), "{chain}");
+        assert_eq!(chain.matches("db:6379").count(), 1, "{chain}");
     }
 
-    /// Whether the store was last found not answering on a fresh connection (its
-    /// server down, refusing or hung; one worker's broken connection does not count):
-    /// an atomic load, cheap enough for every request. The request path then checks
-    /// with [`SessionStore::ping`] before it starts a new session, so a request that
-    /// would end in a 503 at commit gets it before reaching the upstream.
-    fn known_down(&self) -> bool {
-        false
+    fn config(store: StoreKind) -> SessionConfig {
+        SessionConfig {
+            cookie: "__Host-s".into(),
+            same_site: crate::config::SameSite::Lax,
+            secure: true,
+            persistent: false,
+            idle_timeout: std::time::Duration::from_secs(60),
+            absolute_timeout: std::time::Duration::from_secs(600),
+            store,
+            secret: None,
+            max_sessions: 10,
+            previous_secrets: Vec::new(),
+            persist: None,
+            persist_interval: std::time::Duration::from_secs(30),
+            touch_interval: std::time::Duration::from_secs(6),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_backend_has_the_sides_it_can_serve() {
+        let memory = open(&config(StoreKind::Memory)).await.unwrap().sessions;
+        assert!(matches!(memory.backend, SessionBackend::Server(_)));
+        assert!(memory.index.is_some() && memory.sweep.is_some());
+        let sealed = open(&config(StoreKind::Cookie)).await.unwrap().sessions;
+        assert!(matches!(sealed.backend, SessionBackend::Sealed));
+        assert!(sealed.index.is_none() && sealed.sweep.is_none());
     }
 }

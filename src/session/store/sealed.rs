@@ -20,7 +20,8 @@ use base64::Engine as _;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hmac;
 
-use crate::session::{random_bytes, record, Session};
+use crate::random::random_bytes;
+use crate::session::{record, Session};
 
 const VERSION: u8 = 2;
 const KEY_ID_LEN: usize = 4;

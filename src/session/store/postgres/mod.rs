@@ -29,6 +29,7 @@
 //!   new session could not be stored.
 //! - Nothing here logs a token, a cookie or the URL (it may hold a password).
 
+mod error;
 mod outage;
 mod pool;
 mod schema;
@@ -39,11 +40,13 @@ use std::time::Duration;
 
 use tokio_postgres::types::ToSql;
 
-use super::{SessionInfo, SessionStore, StoreError};
+use super::{SessionIndex, SessionInfo, SessionStore, StoreError, Sweep};
 use crate::config::PostgresConfig;
-use crate::session::{random_bytes, record, Expiry, PublicId, Session, Token};
+use crate::random::random_bytes;
+use crate::session::{record, Expiry, PublicId, Session, Token};
+use error::PgError;
 use outage::{is_outage, probe};
-use pool::{Conn, Connector, Manager, PgError, Pool};
+use pool::{Conn, Connector, Manager, Pool};
 use schema::{SchemaError, Sql, SWEEP_BATCH};
 
 pub use schema::{script as schema_script, table_name};
@@ -108,7 +111,7 @@ impl PostgresStore {
             .create_timeout(Some(config.timeout))
             .recycle_timeout(Some(config.timeout))
             .build()
-            .map_err(|e| StoreError::Backend(format!("connection pool: {e}")))?;
+            .map_err(|e| StoreError::backend("connection pool", e))?;
         let shared = Arc::new(Shared {
             pool,
             connector,
@@ -131,10 +134,10 @@ impl PostgresStore {
                 shared.down.store(true, Ordering::Relaxed);
             }
             Err(error) => {
-                return Err(StoreError::Backend(format!(
-                    "session table {}: {error}",
-                    shared.table
-                )))
+                return Err(StoreError::backend(
+                    "prepare the session table",
+                    format!("session table {}: {error}", shared.table),
+                ))
             }
         }
         let probe = tokio::spawn(probe(Arc::downgrade(&shared)));
@@ -240,7 +243,7 @@ async fn insert_fresh(
     for _ in 0..4 {
         let token = match random_bytes::<32>() {
             Ok(bytes) => Token(bytes),
-            Err(error) => return Ok(Err(error)),
+            Err(error) => return Ok(Err(StoreError::backend("draw a token", error))),
         };
         let row = Row::new(&token, session, expiry);
         let inserted = match &old {
@@ -256,8 +259,9 @@ async fn insert_fresh(
             return Ok(Ok(token));
         }
     }
-    Ok(Err(StoreError::Backend(
-        "could not draw an unused token".into(),
+    Ok(Err(StoreError::backend(
+        "draw a token",
+        "could not draw an unused token",
     )))
 }
 
@@ -295,7 +299,7 @@ impl SessionStore for PostgresStore {
             Ok((record::decode(data), created, last_seen, touched))
         })();
         let (decoded, created, last_seen, touched) =
-            fields.map_err(|e| StoreError::Backend(e.to_string()))?;
+            fields.map_err(|e| StoreError::backend("load", e))?;
         let (created, last_seen) = (from_ms(created), from_ms(last_seen));
         if !expiry.allows(created, last_seen, now) {
             return Ok(None);
@@ -370,6 +374,22 @@ impl SessionStore for PostgresStore {
             .await
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.shared
+            .run(|conn| async move {
+                conn.client.simple_query("SELECT 1").await?;
+                Ok(())
+            })
+            .await
+    }
+
+    fn known_down(&self) -> bool {
+        self.shared.down.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionIndex for PostgresStore {
     async fn destroy_user(&self, user: &str) -> Result<usize, StoreError> {
         let removed =
             self.shared
@@ -415,7 +435,7 @@ impl SessionStore for PostgresStore {
                 Ok((public_id.to_vec(), user, roles, created, last_seen))
             })();
             let (public_id, user, roles, created, last_seen) =
-                fields.map_err(|e| StoreError::Backend(e.to_string()))?;
+                fields.map_err(|e| StoreError::backend("list_user", e))?;
             let (created, last_seen) = (from_ms(created), from_ms(last_seen));
             let Ok(public_id) = <[u8; 16]>::try_from(public_id.as_slice()) else {
                 continue;
@@ -443,20 +463,10 @@ impl SessionStore for PostgresStore {
             .await?;
         Ok(usize::try_from(count).unwrap_or(0))
     }
+}
 
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.shared
-            .run(|conn| async move {
-                conn.client.simple_query("SELECT 1").await?;
-                Ok(())
-            })
-            .await
-    }
-
-    fn known_down(&self) -> bool {
-        self.shared.down.load(Ordering::Relaxed)
-    }
-
+#[async_trait::async_trait]
+impl Sweep for PostgresStore {
     async fn sweep(&self, now: u64, _expiry: Expiry) -> Result<usize, StoreError> {
         let (now, key) = (ms(now), self.shared.lock_key);
         let mut removed = 0usize;

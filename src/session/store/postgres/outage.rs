@@ -7,7 +7,8 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
-use super::pool::{Manager, PgError};
+use super::error::PgError;
+use super::pool::Manager;
 use super::schema::SchemaError;
 use super::{Shared, PROBE_INTERVAL};
 use crate::session::StoreError;
@@ -24,8 +25,9 @@ impl Shared {
         Fut: Future<Output = Result<T, PgError>>,
     {
         if self.down.load(Ordering::Relaxed) {
-            return Err(StoreError::Backend(
-                "the session database is unreachable (retrying in the background)".into(),
+            return Err(StoreError::backend(
+                "query",
+                "the session database is unreachable (retrying in the background)",
             ));
         }
         // `None`: every connection busy (or being made) for the whole wait.
@@ -55,7 +57,7 @@ impl Shared {
                 if is_outage(&error) {
                     self.mark_down(&error);
                 }
-                Err(StoreError::Backend(error.to_string()))
+                Err(StoreError::backend("query", error))
             }
             Ok(Err(None)) | Err(_) => {
                 self.suspect.store(true, Ordering::Relaxed);

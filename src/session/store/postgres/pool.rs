@@ -23,33 +23,10 @@ use tokio::sync::oneshot;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 
+use super::error::PgError;
 use super::schema::Sql;
 use crate::config::PostgresConfig;
 use crate::session::StoreError;
-
-/// Why a connection could not be made or used.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PgError {
-    /// The driver reported an error (network, protocol or SQL).
-    #[error("{}", describe(.0))]
-    Driver(#[from] tokio_postgres::Error),
-    /// The task that drives connections ended before answering (shutdown).
-    #[error("the connection task ended (shutting down)")]
-    Gone,
-}
-
-/// The driver's error with its causes ("db error: ERROR: permission denied ..."): its
-/// own text alone says only "db error".
-fn describe(error: &tokio_postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
 
 /// The pool of the store's connections.
 pub(crate) type Pool = managed::Pool<Manager>;
@@ -140,7 +117,7 @@ impl Connector {
             .url
             .0
             .parse()
-            .map_err(|e| StoreError::Backend(format!("session.postgres.url: {e}")))?;
+            .map_err(|e| StoreError::backend("parse session.postgres.url", e))?;
         pg.connect_timeout(config.timeout);
         if pg.get_application_name().is_none() {
             pg.application_name("cloakroom");
@@ -150,7 +127,7 @@ impl Connector {
             _ => None,
         };
         let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|e| StoreError::Backend(format!("no async runtime: {e}")))?;
+            .map_err(|e| StoreError::backend("connect", format!("no async runtime: {e}")))?;
         Ok(Connector {
             config: pg,
             tls,
@@ -206,15 +183,15 @@ async fn tls_connector(
     let mut roots = rustls::RootCertStore::empty();
     match &config.root_cert {
         Some(path) => {
-            let pem = tokio::fs::read(path)
-                .await
-                .map_err(|e| StoreError::Backend(format!("sslrootcert {}: {e}", path.display())))?;
+            let pem = tokio::fs::read(path).await.map_err(|e| {
+                StoreError::backend("connect", format!("sslrootcert {}: {e}", path.display()))
+            })?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| {
-                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                    StoreError::backend("connect", format!("sslrootcert {}: {e}", path.display()))
                 })?;
                 roots.add(cert).map_err(|e| {
-                    StoreError::Backend(format!("sslrootcert {}: {e}", path.display()))
+                    StoreError::backend("connect", format!("sslrootcert {}: {e}", path.display()))
                 })?;
             }
         }
@@ -223,7 +200,7 @@ async fn tls_connector(
     let provider = Arc::new(crate::tls::provider());
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(format!("TLS setup: {e}")))?
+        .map_err(|e| StoreError::backend("TLS setup", e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client))

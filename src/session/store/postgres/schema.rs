@@ -15,7 +15,7 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-use super::pool::PgError;
+use super::error::PgError;
 
 /// The schema version this build writes and reads.
 pub(crate) const VERSION: i32 = 1;

@@ -202,7 +202,7 @@ fn classify(error: &RedisError) -> StoreError {
     if error.is_timeout() {
         StoreError::Timeout
     } else {
-        StoreError::Backend(format!("redis: {:?}", error.kind()))
+        StoreError::backend("redis command", format!("{:?}", error.kind()))
     }
 }
 
@@ -226,10 +226,10 @@ impl Connection {
         // a request still gives up at `timeout`.
         let connect = (timeout * 4).max(Duration::from_secs(1));
         let setup = |e: RedisError| {
-            StoreError::Backend(format!(
-                "redis: cannot set up the connection: {:?}",
-                e.kind()
-            ))
+            StoreError::backend(
+                "redis connection setup",
+                format!("cannot set up the connection: {:?}", e.kind()),
+            )
         };
         let tls = || TlsCertificates {
             client_tls: None,

@@ -17,7 +17,8 @@
 
 use base64::Engine as _;
 
-use crate::session::{random_bytes, PublicId, StoreError, Token};
+use crate::random::random_bytes;
+use crate::session::{PublicId, StoreError, Token};
 
 /// Bytes of SHA-256 kept in a session key (144 bits: no two live tokens collide).
 const HASH_BYTES: usize = 18;
@@ -60,7 +61,7 @@ pub(super) fn session_ref(token: &Token) -> String {
 /// A fresh token for the session with `public_id`: its first two bytes are the public
 /// id's (the hash tag), the other 30 from the OS CSPRNG.
 pub(super) fn draw_token(public_id: &PublicId) -> Result<Token, StoreError> {
-    let mut token = random_bytes::<32>()?;
+    let mut token = random_bytes::<32>().map_err(|e| StoreError::backend("draw a token", e))?;
     token[0] = public_id.0[0];
     token[1] = public_id.0[1];
     Ok(Token(token))

@@ -40,7 +40,7 @@ use std::time::Duration;
 use futures_util::future::join;
 use redis::Script;
 
-use super::{SessionInfo, SessionStore, StoreError};
+use super::{SessionIndex, SessionInfo, SessionStore, StoreError};
 use crate::config::RedisConfig;
 use crate::session::{record, Expiry, PublicId, Session, Token};
 use conn::Connection;
@@ -145,10 +145,10 @@ impl RedisStore {
     pub async fn connect(config: &RedisConfig) -> Result<RedisStore, StoreError> {
         let ca = match &config.ca {
             Some(path) => Some(tokio::fs::read(path).await.map_err(|e| {
-                StoreError::Backend(format!(
-                    "cannot read session.redis.ca \"{}\": {e}",
-                    path.display()
-                ))
+                StoreError::backend(
+                    "connect",
+                    format!("cannot read session.redis.ca \"{}\": {e}", path.display()),
+                )
             })?),
             None => None,
         };
@@ -331,7 +331,10 @@ impl SessionStore for RedisStore {
                 return Ok(token);
             }
         }
-        Err(StoreError::Backend("could not draw an unused token".into()))
+        Err(StoreError::backend(
+            "draw a token",
+            "could not draw an unused token",
+        ))
     }
 
     async fn save(
@@ -382,7 +385,10 @@ impl SessionStore for RedisStore {
                 return Ok(token);
             }
         }
-        Err(StoreError::Backend("could not draw an unused token".into()))
+        Err(StoreError::backend(
+            "draw a token",
+            "could not draw an unused token",
+        ))
     }
 
     async fn destroy(&self, token: &Token) -> Result<(), StoreError> {
@@ -409,6 +415,22 @@ impl SessionStore for RedisStore {
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let ping = redis::cmd("PING");
+        let pong = self.conn.query::<String>(&ping);
+        match tokio::time::timeout(self.conn.timeout(), pong).await {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn known_down(&self) -> bool {
+        self.conn.known_down()
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionIndex for RedisStore {
     async fn destroy_user(&self, user: &str) -> Result<usize, StoreError> {
         let members = self.sessions_of(user).await?;
         let ends = members.iter().filter_map(|(reference, session)| {
@@ -482,19 +504,6 @@ impl SessionStore for RedisStore {
                 Ok(total)
             }
         }
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let ping = redis::cmd("PING");
-        let pong = self.conn.query::<String>(&ping);
-        match tokio::time::timeout(self.conn.timeout(), pong).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(StoreError::Timeout),
-        }
-    }
-
-    fn known_down(&self) -> bool {
-        self.conn.known_down()
     }
 }
 
