@@ -18,6 +18,7 @@ pub mod inject;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+mod plain_http;
 pub mod proxy;
 pub mod rate_limit;
 pub mod redirect;
