@@ -12,9 +12,11 @@
 //! HTML-escaped.
 
 //!
-//! Files: [`form`] (the `POST` forms and their control headers), [`page`] (the HTML).
+//! Files: [`form`] (the `POST` forms and their control headers), [`page`] (the HTML),
+//! [`cert`] (the self-signed certificate `--demo` makes when none exists).
 //! Connections are accepted by the crate's one plain-HTTP loop (`plain_http`).
 
+mod cert;
 mod form;
 mod page;
 
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::shutdown::Signal;
+pub use cert::{ensure_certificate, DemoCertError};
 use form::{login, read_form, set_data};
 use page::{error_page, html, index_html, see_other, set_header, Body, Server};
 
