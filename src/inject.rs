@@ -146,65 +146,74 @@ pub fn inject(headers: &mut HeaderMap, rules: &InjectRules, session: &Session) {
     }
 }
 
-/// `application/x-www-form-urlencoded` of the pairs.
+/// `application/x-www-form-urlencoded` of the pairs, by the `form_urlencoded` crate (the
+/// WHATWG serializer): a space becomes `+`, ASCII alphanumerics and `*-._` stay, every
+/// other byte becomes `%XX` (upper-case hex).
 pub fn form_encode(pairs: &[(String, String)]) -> String {
-    let mut out = String::new();
-    for (i, (key, value)) in pairs.iter().enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
-        encode_component(key, &mut out);
-        out.push('=');
-        encode_component(value, &mut out);
-    }
-    out
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }
 
 /// Appends `text` form-encoded (`application/x-www-form-urlencoded`: space as `+`).
 pub(crate) fn encode_component(text: &str, out: &mut String) {
-    for byte in text.bytes() {
-        if byte == b' ' {
-            out.push('+');
-        } else {
-            percent_encode_byte(
-                byte,
-                |b| b.is_ascii_alphanumeric() || b"-._*".contains(&b),
-                out,
-            );
-        }
-    }
+    out.extend(form_urlencoded::byte_serialize(text.as_bytes()));
 }
 
-/// Appends `byte` as itself when `keep` says so, else as `%XX`.
+/// Appends `byte` as itself when `keep` says so, else as `%XX` (upper-case hex).
 pub(crate) fn percent_encode_byte(byte: u8, keep: impl Fn(u8) -> bool, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if keep(byte) {
         out.push(char::from(byte));
     } else {
-        out.push('%');
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        out.push_str(percent_encoding::percent_encode_byte(byte));
     }
 }
 
 /// Percent-decodes `text` (no `+` rule: a control header is not a form). `None` when
 /// the result is not UTF-8 or an escape is malformed.
 pub fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&byte) = bytes.get(i) {
-        if byte == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(byte);
-            i += 1;
+    decode_strict(text.as_bytes())
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a
+/// byte. `None` when the result is not UTF-8 or an escape is malformed.
+pub fn form_decode(component: &[u8]) -> Option<String> {
+    // `+` first, so that an encoded plus (`%2B`) stays a plus.
+    let spaced: Vec<u8> = component
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    decode_strict(&spaced)
+}
+
+/// Decodes an `application/x-www-form-urlencoded` body into pairs (`a` alone is `a=`,
+/// empty pairs are skipped); `None` on a bad escape or non-UTF-8.
+pub fn form_decode_pairs(body: &[u8]) -> Option<Vec<(String, String)>> {
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(eq) => (pair.get(..eq)?, pair.get(eq + 1..)?),
+                None => (pair, &b""[..]),
+            };
+            Some((form_decode(key)?, form_decode(value)?))
+        })
+        .collect()
+}
+
+/// The `percent-encoding` crate's decoder, which passes a malformed escape through as
+/// text, behind a check that refuses one: a `%` not followed by two hex digits.
+fn decode_strict(bytes: &[u8]) -> Option<String> {
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| b == b'%') {
+        match rest.get(at + 1..at + 3) {
+            Some([hi, lo]) if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => {
+                rest = rest.get(at + 3..).unwrap_or_default();
+            }
+            _ => return None,
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(percent_encoding::percent_decode(bytes).collect()).ok()
 }
 
 #[cfg(test)]
@@ -333,5 +342,115 @@ mod tests {
         assert_eq!(percent_decode("%C3%BC").as_deref(), Some("ü"));
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("ok%"), None);
+        assert_eq!(percent_decode("%+f"), None);
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+        assert_eq!(percent_decode("%2b%2B%e2%82%ac").as_deref(), Some("++€"));
+        assert_eq!(percent_decode("").as_deref(), Some(""));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+    }
+
+    #[test]
+    fn form_decoding_reads_plus_as_space_but_not_an_encoded_plus() {
+        assert_eq!(form_decode(b"J%C3%B6rg+M%2B").as_deref(), Some("Jörg M+"));
+        assert_eq!(form_decode(b"a%2"), None);
+        assert_eq!(form_decode(b"\xff"), None);
+        assert_eq!(form_decode(b"").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn form_decode_handles_plus_percent_and_missing_values() {
+        let form = form_decode_pairs(b"user=J%C3%B6rg+M&roles=a%2Cb&&flag&empty=").unwrap();
+        assert_eq!(
+            form,
+            vec![
+                ("user".into(), "Jörg M".into()),
+                ("roles".into(), "a,b".into()),
+                ("flag".into(), String::new()),
+                ("empty".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            form_decode_pairs(b"a=b=c").unwrap(),
+            vec![("a".into(), "b=c".into())]
+        );
+        assert_eq!(form_decode_pairs(b"").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn form_decode_rejects_bad_escapes_and_non_utf8() {
+        assert_eq!(form_decode_pairs(b"a=%"), None);
+        assert_eq!(form_decode_pairs(b"a=%4"), None);
+        assert_eq!(form_decode_pairs(b"a=%zz"), None);
+        assert_eq!(form_decode_pairs(b"a=%FF"), None);
+        assert_eq!(form_decode_pairs(b"a=\xff"), None);
+    }
+
+    /// The hand-written encoder the crates replaced: the `X-Session-Data` header is a
+    /// contract, so the bytes must not change.
+    fn encode_by_hand(text: &str) -> String {
+        let mut out = String::new();
+        for byte in text.bytes() {
+            if byte == b' ' {
+                out.push('+');
+            } else if byte.is_ascii_alphanumeric() || b"-._*".contains(&byte) {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn form_encoding_matches_the_contract_byte_for_byte() {
+        let every_ascii: String = (0u8..=127).map(char::from).collect();
+        let texts = [
+            "",
+            "k y",
+            "a&b=ü",
+            "*-._~",
+            "+%/?#[]@!$'()",
+            "日本語 \u{1F600}",
+            every_ascii.as_str(),
+        ];
+        for key in texts {
+            for value in texts {
+                let pairs = [(key.to_owned(), value.to_owned()), ("n".into(), key.into())];
+                let expected = format!(
+                    "{}={}&n={}",
+                    encode_by_hand(key),
+                    encode_by_hand(value),
+                    encode_by_hand(key)
+                );
+                assert_eq!(form_encode(&pairs), expected);
+            }
+            let mut one = String::new();
+            encode_component(key, &mut one);
+            assert_eq!(one, encode_by_hand(key));
+        }
+        assert_eq!(form_encode(&[]), "");
+        assert_eq!(
+            form_encode(&[("k y".into(), "a&b=ü".into())]),
+            "k+y=a%26b%3D%C3%BC"
+        );
+    }
+
+    #[test]
+    fn form_encoding_round_trips_through_form_decoding() {
+        let text = "a b&c=d/é%+~*";
+        let mut encoded = String::new();
+        encode_component(text, &mut encoded);
+        assert_eq!(form_decode(encoded.as_bytes()).as_deref(), Some(text));
+    }
+
+    #[test]
+    fn percent_encode_byte_keeps_what_it_is_told() {
+        let mut out = String::new();
+        for byte in [b'a', b'/', b' ', 0xC3, b'%'] {
+            percent_encode_byte(byte, |b| b.is_ascii_alphanumeric() || b == b'/', &mut out);
+        }
+        assert_eq!(out, "a/%20%C3%25");
     }
 }

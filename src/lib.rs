@@ -19,6 +19,7 @@ pub mod inject;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+mod plain_http;
 pub mod proxy;
 pub mod random;
 pub mod rate_limit;

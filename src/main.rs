@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cloakroom::{config::Config, control, Listeners};
 use tokio::signal::unix::{signal, SignalKind};
@@ -257,8 +256,8 @@ fn schema(path: &Path, table: Option<String>) -> ExitCode {
 
 async fn serve(path: &Path, demo: bool) -> ExitCode {
     if demo {
-        if let Err(error) = ensure_demo_certificate(path) {
-            eprintln!("cloakroom: --demo could not make a certificate: {error:#}");
+        if let Err(error) = cloakroom::demo::ensure_certificate(path) {
+            eprintln!("cloakroom: --demo could not make a certificate: {error}");
             return ExitCode::from(1);
         }
     }
@@ -358,67 +357,4 @@ fn demo_addresses(config: &Config) -> Vec<SocketAddr> {
     addrs.sort();
     addrs.dedup();
     addrs
-}
-
-/// For `--demo`: when the configured certificate and key are both missing, makes a
-/// self-signed one for localhost there, with a loud warning.
-fn ensure_demo_certificate(config_path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let value: toml::Table = match text.parse() {
-        Ok(value) => value,
-        // Let the real loader report the syntax error with its line.
-        Err(_) => return Ok(()),
-    };
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let tls = value.get("tls").and_then(|t| t.as_table());
-    let path_of = |key: &str| {
-        tls.and_then(|t| t.get(key))
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.contains("${"))
-            .map(|s| base.join(s))
-    };
-    let (Some(cert), Some(key)) = (path_of("cert"), path_of("key")) else {
-        return Ok(());
-    };
-    if cert.exists() || key.exists() {
-        return Ok(());
-    }
-    let generated = rcgen::generate_simple_self_signed(vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ])
-    .context("generating a self-signed certificate")?;
-    for dir in [cert.parent(), key.parent()].into_iter().flatten() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&cert, generated.cert.pem())
-        .with_context(|| format!("writing {}", cert.display()))?;
-    write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
-    eprintln!(
-        "\n\
-         ************************************************************************\n\
-         DEMO: generated a SELF-SIGNED certificate for localhost:\n  {}\n  {}\n\
-         Browsers will warn about it. Never use it in production: put your real\n\
-         certificate and key there instead (see certs/README.md).\n\
-         ************************************************************************\n",
-        cert.display(),
-        key.display()
-    );
-    Ok(())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -14,8 +14,9 @@ use crate::router::normalize_host;
 
 /// Serves redirects on `listener` to the https port `https_port` until `stop` is raised.
 pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: Arc<Signal>) {
-    let answer = move |request: &Request<Incoming>| redirect(request, https_port);
-    crate::listener::serve_plain(listener, "http", answer, stop).await;
+    let answer =
+        move |request: Request<Incoming>| std::future::ready(redirect(&request, https_port));
+    crate::plain_http::serve(listener, "http", answer, stop.wait()).await;
 }
 
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {

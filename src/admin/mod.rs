@@ -12,7 +12,6 @@ pub mod probe;
 mod reload;
 mod sessions;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +19,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::proxy::ResponseBody;
@@ -34,31 +31,11 @@ const STORE_DEADLINE: Duration = Duration::from_secs(5);
 /// Serves the admin endpoints until `stop` is raised: after the client connections
 /// drained, so that `/readyz` answers 503 while they do.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Arc<Signal>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%error, listener = "admin", "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = stop.wait() => return,
-        };
+    let answer = move |request| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { answer(&state, request).await }
+    };
+    crate::plain_http::serve(listener, "admin", answer, stop.wait()).await;
 }
 
 /// Routes one admin request.
