@@ -25,7 +25,7 @@ use http::HeaderMap;
 
 use crate::config::{Rate, RateLimitsConfig};
 use crate::session::PublicId;
-use crate::state::AppState;
+use crate::shutdown::Signal;
 
 /// How often idle keys are removed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -220,8 +220,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
 }
 
 /// Sweeps the current runtime's limiters every [`SWEEP_EVERY`] until shutdown.
-pub async fn sweep(state: Arc<AppState>) {
-    let stop = state.stop.clone();
+/// `current` gives the running generation's limiters (they change on a reload).
+pub(crate) async fn sweep(current: impl Fn() -> Arc<RateLimits>, stop: Arc<Signal>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -229,7 +229,7 @@ pub async fn sweep(state: Arc<AppState>) {
             _ = tick.tick() => {}
             () = stop.wait() => return,
         }
-        let limits = state.runtime().rate_limits.clone();
+        let limits = current();
         if limits.rates().any() {
             let kept = limits.sweep();
             tracing::trace!(kept, "rate limiter keys swept");

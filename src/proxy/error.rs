@@ -111,6 +111,32 @@ impl ProxyError {
         }
     }
 
+    /// The kind of failure, as the access line's `error` field names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Misdirected => "misdirected",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::CrossSite => "csrf",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::PinnedDown { .. } => "pinned_down",
+            ProxyError::Store(_) => "store",
+            ProxyError::Upstream(e) => match e {
+                UpstreamError::Connect { .. } => "upstream_connect",
+                UpstreamError::ConnectTimeout { .. } => "upstream_connect_timeout",
+                UpstreamError::Handshake { .. } => "upstream_handshake",
+                UpstreamError::Exchange { .. } => "upstream_exchange",
+                UpstreamError::Closed { .. } => "upstream_closed",
+                UpstreamError::Timeout { .. } => "upstream_timeout",
+            },
+            ProxyError::BadUpgrade(_) => "bad_upgrade",
+            ProxyError::Internal(_) => "internal",
+            ProxyError::RateLimited(_) => "rate_limit",
+        }
+    }
+
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
         match self {

@@ -8,10 +8,10 @@ use http::header::{HeaderMap, USER_AGENT};
 use std::sync::atomic::Ordering;
 
 use super::session::{store_call, Handle, SessionCtx};
-use super::ConnCtx;
 use super::ProxyError;
 use crate::anomaly::{self, Anomaly};
 use crate::config::AnomalyMode;
+use crate::conn::ConnCtx;
 use crate::metrics::StoreOp;
 use crate::session::{random_bytes, PublicId, Session, SessionBackend};
 use crate::state::{AppState, Runtime};
