@@ -25,7 +25,8 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-pub use body::{RequestBody, ResponseBody};
+pub use crate::upstream::body::RequestBody;
+pub use body::ResponseBody;
 pub use error::{Blame, ProxyError};
 
 use crate::conn::ConnCtx;

@@ -32,7 +32,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::access::AccessRecord;
-use super::body::{RequestBody, ResponseBody};
+use super::body::ResponseBody;
 use super::control::take_control;
 use super::endpoints::{self, JWKS_PATH, LOGOUT_PATH};
 use super::session::{self, SessionCtx};
@@ -45,6 +45,7 @@ use crate::inject;
 use crate::router::{normalize_host, RouteId};
 use crate::session::{now_ms, Session};
 use crate::state::{AppState, Runtime};
+use crate::upstream::body::RequestBody;
 use crate::upstream::client::Deadlines;
 use crate::upstream::{UpstreamBody, UpstreamPool};
 

@@ -10,12 +10,12 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response};
 
 use super::access::AccessRecord;
-use super::body::RequestBody;
 use super::session::SessionCtx;
 use super::ProxyError;
 use crate::config::Affinity;
 use crate::inject;
 use crate::upstream::affinity::{self, Choice, SessionKey};
+use crate::upstream::body::RequestBody;
 use crate::upstream::client::{self, Deadlines};
 use crate::upstream::{Backend, BackendId, SendError, UpstreamBody, UpstreamError, UpstreamPool};
 
