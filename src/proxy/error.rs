@@ -265,4 +265,40 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_refusal_is_named_by_its_kind_and_upstream_failures_apart() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let after = Duration::from_secs(1);
+        let upstream: Vec<ProxyError> = vec![
+            UpstreamError::Connect { addr, source: io() }.into(),
+            UpstreamError::ConnectTimeout { addr, after }.into(),
+            UpstreamError::Timeout { addr, after }.into(),
+            UpstreamError::Closed { addr }.into(),
+        ];
+        let kinds: Vec<&str> = upstream.iter().map(ProxyError::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "upstream_connect",
+                "upstream_connect_timeout",
+                "upstream_timeout",
+                "upstream_closed"
+            ]
+        );
+        // The access line's `refused` and the metric's `reason` agree with the kind.
+        for error in [
+            ProxyError::CrossSite,
+            ProxyError::NoRoute,
+            ProxyError::BodyTooLarge { limit: 1 },
+            ProxyError::BadRequest("x"),
+        ] {
+            assert_eq!(error.refusal(), Some(error.kind()), "{error}");
+        }
+        assert_eq!(
+            ProxyError::Store(crate::session::StoreError::Timeout).refusal(),
+            None
+        );
+    }
 }
