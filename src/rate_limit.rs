@@ -21,11 +21,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::config::{Rate, RateLimitsConfig};
 use crate::session::PublicId;
 use crate::shutdown::Signal;
+
+/// Read here, below the proxy layer that writes it (`proxy::headers`).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// How often idle keys are removed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -205,7 +208,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         return peer;
     }
     let values: Vec<&str> = headers
-        .get_all(&crate::proxy::headers::X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
