@@ -5,8 +5,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 
 use super::body::ResponseBody;
+use super::error::ProxyError;
 use super::session::{check_csrf, store_call};
-use super::ProxyError;
 use crate::assertion::Assertions;
 use crate::inject::{percent_decode, percent_encode_byte};
 use crate::metrics::StoreOp;

@@ -7,8 +7,8 @@ use http::header::{HeaderMap, USER_AGENT};
 
 use std::sync::atomic::Ordering;
 
+use super::error::ProxyError;
 use super::session::{store_call, Handle, SessionCtx};
-use super::ProxyError;
 use crate::anomaly::{self, Anomaly};
 use crate::config::AnomalyMode;
 use crate::conn::ConnCtx;

@@ -10,8 +10,8 @@ use http::header::HeaderValue;
 use http::{Method, Request, Response};
 
 use super::access::AccessRecord;
+use super::error::ProxyError;
 use super::session::SessionCtx;
-use super::ProxyError;
 use crate::config::Affinity;
 use crate::inject;
 use crate::upstream::affinity::{self, Choice, SessionKey};

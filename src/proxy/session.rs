@@ -22,7 +22,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::body::ResponseBody;
 use super::control::{apply_data, bounded, Control, MAX_ROLES_BYTES, MAX_USER_BYTES};
-use super::ProxyError;
+use super::error::ProxyError;
 use crate::config::RouteConfig;
 use crate::inject::encode_component;
 use crate::metrics::StoreOp;

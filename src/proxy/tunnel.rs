@@ -26,8 +26,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::access::{millis, AccessRecord};
+use super::error::ProxyError;
 use super::headers;
-use super::ProxyError;
 use crate::conn::{Busy, ConnCtx};
 use crate::state::{AppState, Runtime};
 
