@@ -154,35 +154,6 @@ impl Assertions {
     }
 }
 
-/// The answer to `GET /.cloakroom/jwks.json` (405 for other methods than GET/HEAD).
-pub(crate) fn jwks_response(
-    assertions: &Assertions,
-    method: &http::Method,
-) -> http::Response<crate::proxy::ResponseBody> {
-    use http::header;
-    if method != http::Method::GET && method != http::Method::HEAD {
-        let mut response = http::Response::new(crate::proxy::ResponseBody::full("405 use GET\n"));
-        *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
-    }
-    let mut response =
-        http::Response::new(crate::proxy::ResponseBody::Full(Some(assertions.jwks())));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jwk-set+json"),
-    );
-    // Short: a rotated key must reach verifiers soon after the reload.
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=300"),
-    );
-    response
-}
-
 /// A connection's last signed token and what it was signed for.
 #[derive(Debug, Default)]
 pub struct AssertionCache(std::sync::Mutex<Option<Cached>>);

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod anomaly;
 pub mod assertion;
 pub mod config;
+mod conn;
 pub mod demo;
 pub mod error_chain;
 pub mod health;
@@ -199,7 +200,11 @@ pub async fn run(
         let watched = state.clone();
         background.spawn(snapshots.run(state.stop.clone(), move || watched.runtime().expiry));
     }
-    background.spawn(rate_limit::sweep(state.clone()));
+    let limits_of = state.clone();
+    background.spawn(rate_limit::sweep(
+        move || limits_of.runtime().rate_limits.clone(),
+        state.stop.clone(),
+    ));
     for warning in &state.runtime().config.warnings {
         tracing::warn!("{warning}");
     }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -31,35 +31,10 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
-use crate::proxy::{self, ConnCtx};
+use crate::conn::{Activity, ConnCtx, ConnHold};
+use crate::proxy;
 use crate::shutdown::Signal;
 use crate::state::AppState;
-
-/// Requests in flight on one client connection.
-#[derive(Debug, Default)]
-pub(crate) struct Activity {
-    in_flight: AtomicUsize,
-    started: AtomicU64,
-}
-
-impl Activity {
-    /// Marks a request as in flight until the guard drops.
-    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-}
-
-/// A request in flight; see [`Activity::begin`].
-#[derive(Debug)]
-pub(crate) struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// Client-side deadlines of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -112,8 +87,8 @@ impl<T> DeadlineIo<T> {
     /// One timer tick: `Some` ends the stream (an error for a late request head, a
     /// clean end of stream for an idle connection).
     fn on_tick(&mut self) -> Option<io::Result<()>> {
-        let started = self.activity.started.load(Ordering::Relaxed);
-        if started != self.started_seen || self.activity.in_flight.load(Ordering::Relaxed) > 0 {
+        let started = self.activity.started();
+        if started != self.started_seen || self.activity.in_flight() > 0 {
             self.started_seen = started;
             self.head_pending = false;
             self.head_ticks = 0;
@@ -165,11 +140,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                     this.io_seen = true;
                     if this.deadlines.head_rule
                         && !this.head_pending
-                        && this.activity.in_flight.load(Ordering::Relaxed) == 0
+                        && this.activity.in_flight() == 0
                     {
                         this.head_pending = true;
                         this.head_ticks = 0;
-                        this.started_seen = this.activity.started.load(Ordering::Relaxed);
+                        this.started_seen = this.activity.started();
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -386,11 +361,7 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
             () = stop.wait() => return,
         };
         let acceptor = acceptor.clone();
-        let hold = ConnHold {
-            _permit: permit,
-            _open: OpenGuard::new(&acceptor.open),
-            cut: acceptor.cut.clone(),
-        };
+        let hold = ConnHold::new(permit, &acceptor.open, acceptor.cut.clone());
         tokio::spawn(async move {
             let cut = acceptor.cut.clone();
             tokio::select! {
@@ -401,35 +372,6 @@ async fn accept_loop(listener: TcpListener, acceptor: Acceptor) {
                 }
             }
         });
-    }
-}
-
-/// What a client connection holds from accept to its end: its `max_connections` permit,
-/// its place in the open-connections count, and the signal that cuts it when the
-/// shutdown grace is over. It lives in the connection's [`ConnCtx`], so a tunnel that
-/// outlives hyper's connection (an HTTP/1.1 upgrade) keeps all three until it ends.
-#[derive(Debug)]
-pub(crate) struct ConnHold {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _open: OpenGuard,
-    /// Raised when the shutdown grace period is over.
-    pub(crate) cut: Arc<Signal>,
-}
-
-/// Counts an open connection until dropped.
-#[derive(Debug)]
-struct OpenGuard(Arc<AtomicUsize>);
-
-impl OpenGuard {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
-        open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard(open.clone())
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -500,7 +442,7 @@ fn prepare(
     let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         peer,
-        peer_value: crate::proxy::headers::peer_value(peer.ip()),
+        peer_value: proxy::headers::peer_value(peer.ip()),
         sni,
         activity: activity.clone(),
         cookies: crate::session::CookieCache::default(),

@@ -21,11 +21,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use crate::config::{Rate, RateLimitsConfig};
 use crate::session::PublicId;
-use crate::state::AppState;
+use crate::shutdown::Signal;
+
+/// Read here, below the proxy layer that writes it (`proxy::headers`).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// How often idle keys are removed.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -205,7 +208,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
         return peer;
     }
     let values: Vec<&str> = headers
-        .get_all(&crate::proxy::headers::X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
@@ -220,8 +223,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAdd
 }
 
 /// Sweeps the current runtime's limiters every [`SWEEP_EVERY`] until shutdown.
-pub async fn sweep(state: Arc<AppState>) {
-    let stop = state.stop.clone();
+/// `current` gives the running generation's limiters (they change on a reload).
+pub(crate) async fn sweep(current: impl Fn() -> Arc<RateLimits>, stop: Arc<Signal>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -229,7 +232,7 @@ pub async fn sweep(state: Arc<AppState>) {
             _ = tick.tick() => {}
             () = stop.wait() => return,
         }
-        let limits = state.runtime().rate_limits.clone();
+        let limits = current();
         if limits.rates().any() {
             let kept = limits.sweep();
             tracing::trace!(kept, "rate limiter keys swept");

@@ -85,7 +85,7 @@ pub struct AppState {
     /// Every metric of the process; kept across reloads.
     pub(crate) metrics: Arc<Metrics>,
     /// Numbers connections for `X-Request-Id`.
-    pub(crate) request_ids: crate::proxy::RequestIds,
+    pub(crate) request_ids: crate::conn::RequestIds,
     /// Held while a reload runs: SIGHUP and `POST /reload` never interleave.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Whether request metrics are counted: the proxy started with an admin listener.
@@ -141,7 +141,7 @@ impl AppState {
             fallback_assertion_key,
             stop: Arc::default(),
             metrics,
-            request_ids: crate::proxy::RequestIds::new(),
+            request_ids: crate::conn::RequestIds::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             count_metrics,
         }))

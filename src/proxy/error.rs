@@ -116,6 +116,33 @@ impl ProxyError {
         }
     }
 
+    /// The kind of failure, as the access line's `error` field names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::Misdirected => "misdirected",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::HeadersTooLarge { .. } => "headers_too_large",
+            ProxyError::CrossSite => "csrf",
+            ProxyError::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            ProxyError::PinnedDown { .. } => "pinned_down",
+            ProxyError::Store(_) => "store",
+            ProxyError::Upstream(e) => match e {
+                UpstreamError::Connect { .. } => "upstream_connect",
+                UpstreamError::ConnectTimeout { .. } => "upstream_connect_timeout",
+                UpstreamError::Handshake { .. } => "upstream_handshake",
+                UpstreamError::Exchange { .. } => "upstream_exchange",
+                UpstreamError::Closed { .. } => "upstream_closed",
+                UpstreamError::Timeout { .. } => "upstream_timeout",
+            },
+            ProxyError::BadUpgrade(_) => "bad_upgrade",
+            ProxyError::Random(_) => "random",
+            ProxyError::Internal(_) => "internal",
+            ProxyError::RateLimited(_) => "rate_limit",
+        }
+    }
+
     /// Whose fault it is.
     pub fn blame(&self) -> Blame {
         match self {
@@ -244,5 +271,41 @@ mod tests {
                 assert_eq!(response.headers()["retry-after"], "2");
             }
         }
+    }
+
+    #[test]
+    fn a_refusal_is_named_by_its_kind_and_upstream_failures_apart() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let after = Duration::from_secs(1);
+        let upstream: Vec<ProxyError> = vec![
+            UpstreamError::Connect { addr, source: io() }.into(),
+            UpstreamError::ConnectTimeout { addr, after }.into(),
+            UpstreamError::Timeout { addr, after }.into(),
+            UpstreamError::Closed { addr }.into(),
+        ];
+        let kinds: Vec<&str> = upstream.iter().map(ProxyError::kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "upstream_connect",
+                "upstream_connect_timeout",
+                "upstream_timeout",
+                "upstream_closed"
+            ]
+        );
+        // The access line's `refused` and the metric's `reason` agree with the kind.
+        for error in [
+            ProxyError::CrossSite,
+            ProxyError::NoRoute,
+            ProxyError::BodyTooLarge { limit: 1 },
+            ProxyError::BadRequest("x"),
+        ] {
+            assert_eq!(error.refusal(), Some(error.kind()), "{error}");
+        }
+        assert_eq!(
+            ProxyError::Store(crate::session::StoreError::Timeout).refusal(),
+            None
+        );
     }
 }

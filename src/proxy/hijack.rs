@@ -7,11 +7,11 @@ use http::header::{HeaderMap, USER_AGENT};
 
 use std::sync::atomic::Ordering;
 
+use super::error::ProxyError;
 use super::session::{store_call, Handle, SessionCtx};
-use super::ConnCtx;
-use super::ProxyError;
 use crate::anomaly::{self, Anomaly};
 use crate::config::AnomalyMode;
+use crate::conn::ConnCtx;
 use crate::metrics::StoreOp;
 use crate::session::{random_bytes, PublicId, Session, SessionBackend};
 use crate::state::{AppState, Runtime};

@@ -1,66 +1,169 @@
-//! The phases of one proxied request, each a small function:
-//! `route` → `session::begin` (CSRF, `require_user`) → `build_upstream_request` (strip,
-//! inject) → `send` (choose a server, retry) → `finish_response` (hop-by-hop, control
-//! headers, tunnel). Errors bubble up with `?` as [`ProxyError`]s; the caller in
-//! `proxy::serve` turns them into responses and appends the queued `Set-Cookie`.
+//! The phases of one proxied request, in the order they run; pingora's `ProxyHttp` is
+//! the model. [`super::serve`], the outer handler that cannot fail, calls [`run`] (the
+//! phases that can fail, written with `?`), then finishes whatever came out, an error
+//! response included, with [`response_filter`] and the `logging` phase:
+//!
+//! 1. [`request_filter`] (here): `limits.max_header_bytes` for HTTP/2 heads,
+//!    `limits.per_ip`, Host against the TLS server name, our own endpoints
+//!    ([`endpoints`](super::endpoints)), the route, `limits.max_body_bytes` against
+//!    `Content-Length`; on session routes CSRF and the session
+//!    ([`session`](super::session)), `limits.per_session` or
+//!    `limits.new_sessions_per_ip`, hijack signals ([`hijack`](super::hijack)) and
+//!    `require_user`. Each limit is checked here and nowhere else, before anything
+//!    goes upstream (a streamed body over the limit is cut while it is sent).
+//! 2. [`upstream_request_filter`] (here): the upstream's request head: origin-form URI,
+//!    hop-by-hop headers, a tunnel's head ([`tunnel`](super::tunnel)), cookies without
+//!    ours, identity headers stripped and injected, `X-Forwarded-*`, the request id,
+//!    the anomaly flag and the identity assertion.
+//! 3. `upstream_peer` ([`send`](super::send)): the server by affinity, per attempt,
+//!    and the exchange with its retries; the session's pin follows the answer.
+//! 4. [`upstream_response_filter`] (here): hop-by-hop headers, a `101` spliced into a
+//!    tunnel, the control headers taken out ([`control`](super::control)) and the
+//!    session settled ([`session::commit`]).
+//! 5. [`response_filter`] (here): the one place a response is finished, ours and
+//!    errors alike: HSTS, the session's `Set-Cookie` ([`Extras`]), `X-Request-Id`.
+//! 6. `logging` ([`access`](super::access)): request metrics and the access line.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use super::body::{RequestBody, ResponseBody};
-use super::headers;
+use super::access::AccessRecord;
+use super::body::ResponseBody;
+use super::control::take_control;
+use super::endpoints::{self, JWKS_PATH, LOGOUT_PATH};
+use super::error::ProxyError;
 use super::session::{self, SessionCtx};
 use super::tunnel::{self, Pending};
-use super::{ConnCtx, ProxyError};
-use crate::config::Affinity;
+use super::{headers, hijack, send};
+use crate::anomaly::Anomaly;
+use crate::config::{AnomalyMode, RouteConfig};
+use crate::conn::{ConnCtx, X_REQUEST_ID};
 use crate::inject;
 use crate::router::{normalize_host, RouteId};
-use crate::session::{now_ms, PublicId, Session};
+use crate::session::{now_ms, Session};
 use crate::state::{AppState, Runtime};
-use crate::upstream::affinity::{self, Choice, SessionKey};
-use crate::upstream::client::{self, Deadlines};
-use crate::upstream::{Backend, BackendId, SendError, UpstreamError, UpstreamPool};
+use crate::upstream::body::RequestBody;
+use crate::upstream::client::Deadlines;
+use crate::upstream::{UpstreamBody, UpstreamPool};
 
-/// What the pipeline reports to the handler besides the response: the log fields, and
-/// the session cookie to set, which goes on whatever response the client gets (an
-/// error response included), so a new session is never orphaned.
-#[derive(Debug, Default)]
-pub(crate) struct Outcome {
-    pub(crate) route: Option<usize>,
-    pub(crate) backend: Option<Arc<str>>,
-    pub(crate) session: Option<PublicId>,
-    pub(crate) set_cookie: Option<HeaderValue>,
-    /// `X-Request-Id` of this request (sent upstream, returned, logged).
-    pub(crate) request_id: Option<HeaderValue>,
-    /// The session's identity when the request arrived (for the access log).
-    pub(crate) identity: Option<Arc<crate::session::Identity>>,
-    /// Time from sending upstream to its response head (retries included).
-    pub(crate) upstream_elapsed: Option<std::time::Duration>,
-    /// The session moved to another server on this request.
-    pub(crate) repinned: bool,
-    /// Why the proxy answered itself instead of the upstream (`require_user`, ...).
-    pub(crate) refused: Option<&'static str>,
+/// What every phase reads: the process state, the request's runtime snapshot (loaded
+/// once, kept to the end) and its client connection.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) state: &'a Arc<AppState>,
+    pub(crate) rt: &'a Runtime,
+    pub(crate) conn: &'a Arc<ConnCtx>,
 }
 
-/// Our own endpoints on the https listener.
-const LOGOUT_PATH: &str = "/.cloakroom/logout";
-const JWKS_PATH: &str = "/.cloakroom/jwks.json";
+/// The response extras: what the phases leave to be put on the client's response by
+/// [`response_filter`], whatever that response is (an error included, so a new session
+/// is never orphaned). The access-log fields are another type, [`AccessRecord`].
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    /// The session's `Set-Cookie` (new, regenerated, resealed or expired).
+    pub(crate) set_cookie: Option<HeaderValue>,
+}
 
-/// Runs the pipeline for one request.
+/// What `request_filter` decided.
+enum Filtered<'rt> {
+    /// The proxy answers itself (an own endpoint, `require_user`).
+    Answer(Response<ResponseBody>),
+    /// The request goes upstream.
+    Forward(Admitted<'rt>),
+}
+
+/// A request that passed `request_filter`, with what the later phases need.
+struct Admitted<'rt> {
+    route: &'rt RouteConfig,
+    pool: &'rt UpstreamPool,
+    session: Option<SessionCtx>,
+    /// What to tell the upstream about a session used by another client.
+    anomaly: Option<Anomaly>,
+    /// The request's clock reading (ms), one for every session decision.
+    now: u64,
+}
+
+/// Runs the phases that can fail, from `request_filter` to `upstream_response_filter`.
 pub(crate) async fn run(
-    state: &Arc<AppState>,
-    rt: &Runtime,
-    conn: &Arc<ConnCtx>,
+    cx: Ctx<'_>,
     mut request: Request<Incoming>,
-    log: &mut Outcome,
+    access: &mut AccessRecord,
+    extras: &mut Extras,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    check_head_size(&request, rt.config.limits.max_header_bytes)?;
+    let admitted = match request_filter(cx, &request, access, extras).await? {
+        Filtered::Answer(response) => return Ok(response),
+        Filtered::Forward(admitted) => admitted,
+    };
+    let rt = cx.rt;
+    let mut pending = tunnel::requested(&request).map(|kind| Pending::take(kind, &mut request));
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let upstream_request = upstream_request_filter(
+        cx,
+        request,
+        &admitted,
+        pending.as_mut(),
+        &exceeded,
+        access.request_id.as_ref(),
+    )?;
+    let Admitted {
+        route,
+        pool,
+        mut session,
+        now,
+        ..
+    } = admitted;
+    let deadlines = Deadlines {
+        connect: rt.config.timeouts.connect,
+        response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
+        pool_idle: rt.config.timeouts.upstream_idle,
+    };
+    let tunnel = pending.is_some();
+    let sent_at = std::time::Instant::now();
+    let sent = send::send(
+        pool,
+        session.as_mut(),
+        upstream_request,
+        deadlines,
+        tunnel,
+        access,
+    )
+    .await;
+    let upstream_elapsed = sent_at.elapsed();
+    access.upstream_elapsed = Some(upstream_elapsed);
+    if let (Some(metrics), Ok((_, repinned))) = (&rt.metrics, &sent) {
+        metrics.upstream_answered(route.upstream, upstream_elapsed);
+        if *repinned {
+            metrics.repinned(route.upstream);
+        }
+    }
+    let response = match sent {
+        Ok((response, _)) => response,
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            return Err(ProxyError::BodyTooLarge {
+                limit: rt.config.limits.max_body_bytes,
+            })
+        }
+        Err(error) => return Err(error),
+    };
+    upstream_response_filter(cx, response, pending, session, now, access, extras).await
+}
+
+/// `request_filter`: every check before anything goes upstream (limits, Host, route,
+/// session, CSRF, hijack signals, `require_user`), and our own endpoints.
+async fn request_filter<'rt>(
+    cx: Ctx<'rt>,
+    request: &Request<Incoming>,
+    access: &mut AccessRecord,
+    extras: &mut Extras,
+) -> Result<Filtered<'rt>, ProxyError> {
+    let (state, rt, conn) = (cx.state, cx.rt, cx.conn);
+    check_head_size(request, rt.config.limits.max_header_bytes)?;
     let rates = rt.config.security.rates;
-    let anomaly_on = rt.config.security.anomaly != crate::config::AnomalyMode::Off;
+    let anomaly_on = rt.config.security.anomaly != AnomalyMode::Off;
     let client_ip = (rates.any() || anomaly_on).then(|| {
         crate::rate_limit::client_ip(
             conn.peer.ip(),
@@ -73,7 +176,7 @@ pub(crate) async fn run(
             .check_ip(ip)
             .map_err(ProxyError::RateLimited)?;
     }
-    let host = request_host(&request)?;
+    let host = request_host(request)?;
     let host = &*host;
     if let Some(sni) = conn.sni.as_deref() {
         if !rt.config.tls.sni.is_empty() && !state.certs.covers(sni, host) {
@@ -81,19 +184,20 @@ pub(crate) async fn run(
         }
     }
     if request.uri().path() == LOGOUT_PATH {
-        return session::logout_endpoint(state, rt, &request, log).await;
+        let response = endpoints::logout(state, rt, request, &mut extras.set_cookie).await?;
+        return Ok(Filtered::Answer(response));
     }
     if let (JWKS_PATH, Some(assertions)) = (request.uri().path(), &rt.assertions) {
-        return Ok(crate::assertion::jwks_response(
+        return Ok(Filtered::Answer(endpoints::jwks(
             assertions,
             request.method(),
-        ));
+        )));
     }
     let RouteId(route_id) = rt
         .router
         .route(host, request.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    log.route = Some(route_id);
+    access.route = Some(route_id);
     let route = rt
         .config
         .routes
@@ -103,14 +207,14 @@ pub(crate) async fn run(
         .upstreams
         .get(route.upstream)
         .ok_or(ProxyError::Internal("upstream index out of range"))?;
-    check_content_length(&request, rt.config.limits.max_body_bytes)?;
+    check_content_length(request, rt.config.limits.max_body_bytes)?;
 
     let now = now_ms();
     let mut anomaly = None;
-    let ctx = if route.session {
+    let session = if route.session {
         // Before the session starts, so refused requests do not grow the store.
         if route.csrf {
-            session::check_csrf(&request)?;
+            session::check_csrf(request)?;
         }
         let mut ctx = session::find(state, rt, request.headers(), &conn.cookies, now).await?;
         if let Some(ip) = client_ip.filter(|_| rates.any()) {
@@ -125,44 +229,60 @@ pub(crate) async fn run(
             .map_err(ProxyError::RateLimited)?;
         }
         if let Some(ip) = client_ip.filter(|_| anomaly_on) {
-            anomaly =
-                super::hijack::check(state, rt, &mut ctx, request.headers(), ip, conn, now).await?;
+            anomaly = hijack::check(state, rt, &mut ctx, request.headers(), ip, conn, now).await?;
         }
-        log.session = Some(ctx.session.public_id);
-        log.identity.clone_from(&ctx.session.identity);
-        if let Some(response) = session::require_user(route, &ctx, &request) {
-            log.refused = Some("require_user");
-            return Ok(response);
+        access.session = Some(ctx.session.public_id);
+        access.identity.clone_from(&ctx.session.identity);
+        if let Some(response) = session::require_user(route, &ctx, request) {
+            access.refused = Some("require_user");
+            return Ok(Filtered::Answer(response));
         }
         Some(ctx)
     } else {
         None
     };
+    Ok(Filtered::Forward(Admitted {
+        route,
+        pool,
+        session,
+        anomaly,
+        now,
+    }))
+}
 
-    let mut pending = tunnel::requested(&request).map(|kind| Pending::take(kind, &mut request));
-    let tunnel = pending.is_some();
-    let exceeded = Arc::new(AtomicBool::new(false));
+/// `upstream_request_filter`: the request the upstream receives (see
+/// [`build_upstream_request`]), with the anomaly flag and the identity assertion.
+fn upstream_request_filter(
+    cx: Ctx<'_>,
+    request: Request<Incoming>,
+    admitted: &Admitted<'_>,
+    tunnel: Option<&mut Pending>,
+    exceeded: &Arc<AtomicBool>,
+    request_id: Option<&HeaderValue>,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let rt = cx.rt;
+    let session = admitted.session.as_ref();
     let mut upstream_request = build_upstream_request(
         rt,
-        conn,
+        cx.conn,
         request,
-        ctx.as_ref().map(|c| &c.session),
-        pending.as_mut(),
-        &exceeded,
-        log.request_id.as_ref(),
+        session.map(|c| &c.session),
+        tunnel,
+        exceeded,
+        request_id,
     )?;
-    if let (Some(change), Some(name)) = (anomaly, &rt.inject.anomaly) {
+    if let (Some(change), Some(name)) = (admitted.anomaly, &rt.inject.anomaly) {
         upstream_request
             .headers_mut()
             .insert(name.clone(), change.header_value());
     }
-    if let (Some(assertions), Some(ctx)) = (&rt.assertions, &ctx) {
+    if let (Some(assertions), Some(ctx)) = (&rt.assertions, session) {
         let token = assertions.token(
-            &conn.assertions,
+            &cx.conn.assertions,
             &ctx.session,
-            route.upstream,
-            &pool.name,
-            now / 1000,
+            admitted.route.upstream,
+            &admitted.pool.name,
+            admitted.now / 1000,
         );
         if let Some(token) = token {
             upstream_request
@@ -170,40 +290,45 @@ pub(crate) async fn run(
                 .insert(assertions.header.clone(), token);
         }
     }
-    let deadlines = Deadlines {
-        connect: rt.config.timeouts.connect,
-        response: route.timeout.unwrap_or(rt.config.timeouts.upstream),
-        pool_idle: rt.config.timeouts.upstream_idle,
-    };
-    let mut ctx = ctx;
-    let sent_at = std::time::Instant::now();
-    let sent = send(pool, ctx.as_mut(), upstream_request, deadlines, tunnel, log).await;
-    let upstream_elapsed = sent_at.elapsed();
-    log.upstream_elapsed = Some(upstream_elapsed);
-    if let Some(metrics) = &rt.metrics {
-        if sent.is_ok() {
-            metrics.upstream_answered(route.upstream, upstream_elapsed);
-        }
-        if log.repinned {
-            metrics.repinned(route.upstream);
-        }
-    }
-    let response = match sent {
-        Ok(response) => response,
-        Err(_) if exceeded.load(Ordering::Relaxed) => {
-            return Err(ProxyError::BodyTooLarge {
-                limit: rt.config.limits.max_body_bytes,
-            })
-        }
-        Err(error) => return Err(error),
-    };
-    let mut response = finish_response(response, pending, state, rt, conn, log)?;
-    let control =
-        session::take_control(response.headers_mut(), &rt.config.control, rt.cookie.name());
-    if let Some(ctx) = ctx {
-        session::commit(state, rt, ctx, control, now, log).await?;
+    Ok(upstream_request)
+}
+
+/// `upstream_response_filter`: the upstream's response made the client's (see
+/// [`finish_response`]), its control headers taken out and the session settled.
+async fn upstream_response_filter(
+    cx: Ctx<'_>,
+    response: Response<UpstreamBody>,
+    pending: Option<Pending>,
+    session: Option<SessionCtx>,
+    now: u64,
+    access: &AccessRecord,
+    extras: &mut Extras,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let rt = cx.rt;
+    let mut response = finish_response(response, pending, cx, access)?;
+    let control = take_control(response.headers_mut(), &rt.config.control, rt.cookie.name());
+    if let Some(ctx) = session {
+        session::commit(cx.state, rt, ctx, control, now, &mut extras.set_cookie).await?;
     }
     Ok(response)
+}
+
+/// `response_filter`: finishes every response the client gets, ours and errors
+/// included: HSTS (replacing an upstream's), the session's `Set-Cookie`, `X-Request-Id`.
+pub(crate) fn response_filter(
+    rt: &Runtime,
+    response: &mut Response<ResponseBody>,
+    extras: Extras,
+    request_id: HeaderValue,
+) {
+    let headers = response.headers_mut();
+    if let Some(hsts) = &rt.config.security.hsts {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    if let Some(cookie) = extras.set_cookie {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    headers.insert(&X_REQUEST_ID, request_id);
 }
 
 /// HTTP/2 request heads are bounded here (hyper bounds HTTP/1 heads itself and answers
@@ -303,163 +428,26 @@ fn build_upstream_request(
     let trusted = rt.config.listen.trusted_proxies.contains(&conn.peer.ip());
     headers::set_forwarded(&mut parts.headers, &conn.peer_value, trusted);
     if let Some(id) = request_id {
-        parts
-            .headers
-            .insert(&super::request_id::X_REQUEST_ID, id.clone());
+        parts.headers.insert(&X_REQUEST_ID, id.clone());
     }
     let body = RequestBody::limited(body, rt.config.limits.max_body_bytes, exceeded.clone());
     Ok(Request::from_parts(parts, body))
-}
-
-/// Methods a client may repeat without changing the outcome (RFC 9110 §9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
-
-/// Most servers one request is tried on.
-const MAX_ATTEMPTS: usize = 3;
-
-/// Sends the request to a server of `pool` chosen by affinity, retrying on another
-/// server when the connect failed (the request came back untouched, any method), or
-/// when an idempotent request without a body failed after it was sent. A server whose
-/// connect fails is marked down. The session's pin follows the server that answered.
-async fn send(
-    pool: &UpstreamPool,
-    mut ctx: Option<&mut SessionCtx>,
-    mut request: Request<RequestBody>,
-    deadlines: Deadlines,
-    tunnel: bool,
-    log: &mut Outcome,
-) -> Result<Response<crate::upstream::UpstreamBody>, ProxyError> {
-    let mut replay =
-        (idempotent(request.method()) && http_body::Body::is_end_stream(request.body()) && !tunnel)
-            .then(|| {
-                (
-                    request.method().clone(),
-                    request.uri().clone(),
-                    request.headers().clone(),
-                )
-            });
-    let key = ctx.as_deref().map(|c| SessionKey {
-        public_id: c.session.public_id.0,
-        pinned: c.session.pinned,
-    });
-    let mut tried: Vec<BackendId> = Vec::new();
-    loop {
-        let (backend, repinned) = match affinity::choose(pool, key, &tried) {
-            Choice::Server { backend, repinned } => (backend, repinned),
-            Choice::PinnedDown => {
-                return Err(ProxyError::PinnedDown {
-                    upstream: pool.name.clone(),
-                })
-            }
-            Choice::NoServer => {
-                return Err(ProxyError::NoHealthyUpstream {
-                    upstream: pool.name.clone(),
-                })
-            }
-        };
-        log.backend = Some(backend.name.clone());
-        if key.is_some() {
-            if repinned {
-                request
-                    .headers_mut()
-                    .insert(inject::REPINNED.clone(), HeaderValue::from_static("1"));
-            } else {
-                request.headers_mut().remove(&inject::REPINNED);
-            }
-        }
-        let result = client::send(&backend.state, request, deadlines, tunnel).await;
-        let error = match result {
-            Ok(response) => {
-                log.repinned = repinned && key.is_some();
-                if let Some(ctx) = ctx.as_deref_mut() {
-                    pin(pool, ctx, backend, repinned);
-                }
-                return Ok(response);
-            }
-            Err(SendError {
-                error,
-                request: Some(back),
-            }) => {
-                request = back;
-                error
-            }
-            Err(SendError {
-                error,
-                request: None,
-            }) => match (&error, replay.take()) {
-                (
-                    UpstreamError::Exchange { .. } | UpstreamError::Closed { .. },
-                    Some((method, uri, headers)),
-                ) => {
-                    let mut fresh = Request::new(RequestBody::Empty);
-                    *fresh.method_mut() = method;
-                    *fresh.uri_mut() = uri;
-                    *fresh.headers_mut() = headers;
-                    request = fresh;
-                    error
-                }
-                _ => return Err(error.into()),
-            },
-        };
-        if error.is_connect_failure() {
-            backend.state.mark_down(&pool.name, &backend.name, &error);
-        }
-        // One line per server and kind of failure per second, whatever the request rate.
-        let kind = std::mem::discriminant(&error);
-        let cause = crate::log::limit::Cause::of(&("attempt", &pool.name, &backend.name, kind));
-        if let Some(suppressed) = crate::log::limit::admit(cause) {
-            tracing::warn!(
-                upstream = %pool.name,
-                backend = %backend.name,
-                error = %error,
-                suppressed,
-                "upstream attempt failed; trying another server"
-            );
-        }
-        tried.push(backend.id);
-        if tried.len() >= MAX_ATTEMPTS.min(pool.backends.len()) {
-            return Err(error.into());
-        }
-    }
-}
-
-/// Records the server that answered in the session (`sticky`: its pin; `hash`: where it
-/// was last served, so a move is reported once). Written only when it changes.
-fn pin(pool: &UpstreamPool, ctx: &mut SessionCtx, backend: &Backend, repinned: bool) {
-    if pool.affinity == Affinity::None || ctx.session.pinned == Some(backend.id) {
-        return;
-    }
-    if repinned {
-        tracing::info!(
-            upstream = %pool.name,
-            backend = %backend.name,
-            session = %ctx.session.public_id.encode(),
-            "session re-pinned"
-        );
-    }
-    ctx.session.pinned = Some(backend.id);
-    ctx.pin_changed = true;
 }
 
 /// Turns the upstream response into the client's: hop-by-hop headers removed, and for
 /// a `101 Switching Protocols` to a tunnel request the two upgraded connections spliced
 /// together (see [`tunnel`]).
 fn finish_response(
-    mut response: Response<crate::upstream::UpstreamBody>,
+    mut response: Response<UpstreamBody>,
     pending: Option<Pending>,
-    state: &Arc<AppState>,
-    rt: &Runtime,
-    conn: &Arc<ConnCtx>,
-    log: &Outcome,
+    cx: Ctx<'_>,
+    access: &AccessRecord,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match pending {
-        Some(pending) if switching => pending.open(&mut response, state, rt, conn, log)?,
+        Some(pending) if switching => {
+            pending.open(&mut response, cx.state, cx.rt, cx.conn, access)?
+        }
         pending => {
             if let Some(pending) = pending {
                 pending.check_refusal(response.status())?;

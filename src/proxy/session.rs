@@ -1,6 +1,8 @@
-//! The session stage of the pipeline: find or start the session, enforce CSRF and
-//! `require_user`, apply the upstream's control headers, and answer
-//! `POST /.cloakroom/logout`.
+//! The session's part of the phases: in `request_filter` find or start the session and
+//! enforce CSRF and `require_user`; in `upstream_response_filter` settle it with what the
+//! upstream's control headers ([`control`](super::control)) asked, in at most one store
+//! write ([`commit`]). The `Set-Cookie` it produces is handed back, and put on the
+//! response by `response_filter`.
 //!
 //! Two backends sit behind it, one fixed at start ([`SessionBackend`], never read from
 //! the reloaded config): server-side stores (`SessionStore`: memory, Redis,
@@ -16,13 +18,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 
 use super::body::ResponseBody;
-use super::pipeline::Outcome;
-use super::ProxyError;
-use crate::config::{ControlConfig, RouteConfig};
-use crate::inject::{encode_component, percent_decode, percent_encode_byte};
+use super::control::{apply_data, bounded, Control, MAX_ROLES_BYTES, MAX_USER_BYTES};
+use super::error::ProxyError;
+use crate::config::RouteConfig;
+use crate::inject::encode_component;
 use crate::metrics::StoreOp;
 use crate::session::store::{SealError, SealedCodec};
 use crate::session::{
@@ -30,13 +32,6 @@ use crate::session::{
     StoreError, Token,
 };
 use crate::state::{AppState, Runtime};
-
-/// Bounds on what an upstream may store through control headers.
-const MAX_USER_BYTES: usize = 256;
-const MAX_ROLES_BYTES: usize = 1024;
-const MAX_DATA_KEY_BYTES: usize = 64;
-const MAX_DATA_VALUE_BYTES: usize = 1024;
-const MAX_DATA_ENTRIES: usize = 32;
 
 /// Where the request's session is kept.
 #[derive(Debug)]
@@ -229,67 +224,6 @@ pub(crate) fn require_user<B>(
     }
 }
 
-/// The control headers an upstream sent, taken out of its response.
-#[derive(Debug, Default)]
-pub(crate) struct Control {
-    set_user: Option<HeaderValue>,
-    set_roles: Option<HeaderValue>,
-    set_data: Vec<HeaderValue>,
-    logout: bool,
-    /// `logout: everywhere`: also end every other session of the user.
-    logout_everywhere: bool,
-}
-
-/// Removes every control header and every `Set-Cookie` for our cookie from an upstream
-/// response, whatever the route; returns what they asked for.
-pub(crate) fn take_control(
-    headers: &mut HeaderMap,
-    names: &ControlConfig,
-    cookie_name: &str,
-) -> Control {
-    let mut control = Control::default();
-    // One pass to see whether anything is there (nearly never): no hashed lookups.
-    let (mut any_control, mut any_cookie) = (false, false);
-    for key in headers.keys() {
-        any_cookie |= key == header::SET_COOKIE;
-        any_control |= *key == names.set_user
-            || *key == names.set_roles
-            || *key == names.set_data
-            || *key == names.logout;
-    }
-    if any_control {
-        control.set_user = headers.remove(&names.set_user);
-        control.set_roles = headers.remove(&names.set_roles);
-        if headers.contains_key(&names.set_data) {
-            control.set_data = headers.get_all(&names.set_data).iter().cloned().collect();
-            headers.remove(&names.set_data);
-        }
-        let logout = headers.remove(&names.logout);
-        control.logout = logout.is_some();
-        control.logout_everywhere =
-            logout.is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"everywhere"));
-    }
-    if any_cookie {
-        let ours = |v: &HeaderValue| {
-            v.as_bytes().starts_with(cookie_name.as_bytes())
-                && v.as_bytes().get(cookie_name.len()) == Some(&b'=')
-        };
-        if headers.get_all(header::SET_COOKIE).iter().any(ours) {
-            let kept: Vec<HeaderValue> = headers
-                .get_all(header::SET_COOKIE)
-                .iter()
-                .filter(|v| !ours(v))
-                .cloned()
-                .collect();
-            headers.remove(header::SET_COOKIE);
-            for value in kept {
-                headers.append(header::SET_COOKIE, value);
-            }
-        }
-    }
-    control
-}
-
 /// Settles the session after the upstream answered, in at most one store write:
 /// logout destroys it; a new session is stored (with its pin and anything the upstream
 /// set); a new user or roles regenerate the token (the old cookie no longer carries the
@@ -300,7 +234,7 @@ pub(crate) async fn commit(
     ctx: SessionCtx,
     control: Control,
     now: u64,
-    outcome: &mut Outcome,
+    set_cookie: &mut Option<HeaderValue>,
 ) -> Result<(), ProxyError> {
     let SessionCtx {
         handle,
@@ -314,7 +248,7 @@ pub(crate) async fn commit(
             store_call(rt, StoreOp::Destroy, store.destroy(token)).await?;
         }
         if !matches!(handle, Handle::New) {
-            outcome.set_cookie = rt.cookie.expire_cookie();
+            *set_cookie = rt.cookie.expire_cookie();
             state.metrics.session_ended("logout", 1);
         }
         if let (true, Some(user)) = (control.logout_everywhere, session.user()) {
@@ -370,7 +304,7 @@ pub(crate) async fn commit(
         SessionBackend::Sealed => {
             let reseal = matches!(handle, Handle::New | Handle::Sealed { reseal: true });
             if reseal || identity_changed || data_changed || pin_changed || origin_changed {
-                outcome.set_cookie = reseal_cookie(rt, &rt.sealed, &mut session, before);
+                *set_cookie = reseal_cookie(rt, &rt.sealed, &mut session, before);
             }
             if matches!(handle, Handle::New) {
                 state.metrics.sessions_created.inc();
@@ -384,7 +318,7 @@ pub(crate) async fn commit(
         Handle::New => {
             match store_call(rt, StoreOp::Create, store.create(&session, rt.expiry)).await {
                 Ok(token) => {
-                    outcome.set_cookie = rt.cookie.set_cookie(&token);
+                    *set_cookie = rt.cookie.set_cookie(&token);
                     state.metrics.sessions_created.inc();
                 }
                 // Full of sessions that may not be evicted: this request was served, its
@@ -404,7 +338,7 @@ pub(crate) async fn commit(
                 store.regenerate(&token, &session, rt.expiry),
             )
             .await?;
-            outcome.set_cookie = rt.cookie.set_cookie(&fresh);
+            *set_cookie = rt.cookie.set_cookie(&fresh);
             state.metrics.sessions_regenerated.inc();
         }
         Handle::Stored(token) if data_changed || pin_changed || origin_changed => {
@@ -443,118 +377,6 @@ fn reseal_cookie(
             None
         }
     }
-}
-
-/// A control value as a string within `limit` bytes; empty means "clear".
-fn bounded(value: &HeaderValue, limit: usize, what: &'static str) -> Option<Box<str>> {
-    let text = value.to_str().ok().map(str::trim)?;
-    if text.len() > limit {
-        tracing::warn!(what, limit, "control header value too long; ignored");
-        return None;
-    }
-    (!text.is_empty()).then(|| text.into())
-}
-
-/// Applies one `key=value` (percent-encoded parts; `key=` deletes) to `data`.
-fn apply_data(data: &mut Vec<(String, String)>, value: &HeaderValue) {
-    let Some((key, val)) = value.to_str().ok().and_then(|v| v.trim().split_once('=')) else {
-        tracing::warn!("set_data control header without '='; ignored");
-        return;
-    };
-    let (Some(key), Some(val)) = (percent_decode(key), percent_decode(val)) else {
-        tracing::warn!("set_data control header is not valid percent-encoded UTF-8; ignored");
-        return;
-    };
-    if key.is_empty() || key.len() > MAX_DATA_KEY_BYTES || val.len() > MAX_DATA_VALUE_BYTES {
-        tracing::warn!(
-            key_limit = MAX_DATA_KEY_BYTES,
-            value_limit = MAX_DATA_VALUE_BYTES,
-            "set_data key or value out of bounds; ignored"
-        );
-        return;
-    }
-    let existing = data.iter().position(|(k, _)| *k == key);
-    match (existing, val.is_empty()) {
-        (Some(i), true) => {
-            data.remove(i);
-        }
-        (Some(i), false) => {
-            if let Some(slot) = data.get_mut(i) {
-                slot.1 = val;
-            }
-        }
-        (None, true) => {}
-        (None, false) if data.len() >= MAX_DATA_ENTRIES => {
-            tracing::warn!(limit = MAX_DATA_ENTRIES, "session data full; entry ignored");
-        }
-        (None, false) => data.push((key, val)),
-    }
-}
-
-/// `POST /.cloakroom/logout`: destroy the session, expire the cookie, `303` to `/` or to a
-/// same-origin `next`.
-pub(crate) async fn logout_endpoint<B>(
-    state: &AppState,
-    rt: &Runtime,
-    request: &Request<B>,
-    outcome: &mut Outcome,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    if request.method() != Method::POST {
-        let mut response = Response::new(ResponseBody::full("405 use POST\n"));
-        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return Ok(response);
-    }
-    check_csrf(request)?;
-    // A sealed session has nothing on the server to destroy: expiring the cookie is all.
-    if let SessionBackend::Server(store) = &state.backend {
-        if let Some(token) = rt.cookie.find(request.headers()) {
-            store_call(rt, StoreOp::Destroy, store.destroy(&token)).await?;
-            state.metrics.session_ended("logout", 1);
-        }
-    }
-    outcome.set_cookie = rt.cookie.expire_cookie();
-    let next = next_target(request.uri()).unwrap_or_else(|| "/".to_string());
-    let mut response = Response::new(ResponseBody::empty());
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(value) = HeaderValue::from_str(&next) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
-}
-
-/// The `next` query parameter when it is a same-origin path (`/x`, not `//evil` or
-/// `/\evil`, no control characters).
-fn next_target(uri: &Uri) -> Option<String> {
-    let query = uri.query()?;
-    let raw = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("next="))?;
-    let decoded = percent_decode(&raw.replace('+', " "))?;
-    let safe = decoded.starts_with('/')
-        && !decoded.starts_with("//")
-        && !decoded.starts_with("/\\")
-        && !decoded.chars().any(|c| c.is_control());
-    safe.then(|| uri_reference(&decoded))
-}
-
-/// Percent-encodes what may not stand in a URI reference (space, non-ASCII, `%`,
-/// quotes, …), keeping its structure (`/`, `?`, `&`, `=`, `#`).
-fn uri_reference(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        percent_encode_byte(
-            byte,
-            |b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&b),
-            &mut out,
-        );
-    }
-    out
 }
 
 #[cfg(test)]
@@ -618,64 +440,5 @@ mod tests {
             let ok = check_csrf(&req(method.clone(), headers)).is_ok();
             assert_eq!(ok, *expected, "{method} {headers:?}");
         }
-    }
-
-    #[test]
-    fn next_must_be_same_origin() {
-        let t = |q: &str| next_target(&format!("/.cloakroom/logout?{q}").parse().unwrap());
-        assert_eq!(t("next=/home").as_deref(), Some("/home"));
-        assert_eq!(t("next=%2Fa%3Fb%3D1").as_deref(), Some("/a?b=1"));
-        assert_eq!(t("next=//evil.test"), None);
-        assert_eq!(t("next=/%5Cevil.test"), None);
-        assert_eq!(t("next=https://evil.test"), None);
-        assert_eq!(t("x=1"), None);
-        assert_eq!(t("next=/a%20b").as_deref(), Some("/a%20b"));
-        assert_eq!(t("next=/%C3%BC?q=1").as_deref(), Some("/%C3%BC?q=1"));
-        assert_eq!(t("next=/100%25").as_deref(), Some("/100%25"));
-    }
-
-    #[test]
-    fn data_updates() {
-        let mut data = Vec::new();
-        apply_data(&mut data, &HeaderValue::from_static("cart=3"));
-        apply_data(&mut data, &HeaderValue::from_static("theme=dark%20blue"));
-        apply_data(&mut data, &HeaderValue::from_static("cart=4"));
-        assert_eq!(
-            data,
-            vec![
-                ("cart".into(), "4".into()),
-                ("theme".into(), "dark blue".into())
-            ]
-        );
-        apply_data(&mut data, &HeaderValue::from_static("cart="));
-        apply_data(&mut data, &HeaderValue::from_static("junk"));
-        assert_eq!(data, vec![("theme".into(), "dark blue".into())]);
-        let long = format!("k={}", "v".repeat(MAX_DATA_VALUE_BYTES + 1));
-        apply_data(&mut data, &HeaderValue::from_str(&long).unwrap());
-        assert_eq!(data.len(), 1);
-    }
-
-    #[test]
-    fn control_headers_are_taken_and_our_set_cookie_dropped() {
-        let names = ControlConfig {
-            set_user: "x-session-set-user".parse().unwrap(),
-            set_roles: "x-session-set-roles".parse().unwrap(),
-            set_data: "x-session-set-data".parse().unwrap(),
-            logout: "x-session-logout".parse().unwrap(),
-        };
-        let mut h = HeaderMap::new();
-        h.insert("x-session-set-user", HeaderValue::from_static("ann"));
-        h.append("x-session-set-data", HeaderValue::from_static("a=1"));
-        h.append("x-session-set-data", HeaderValue::from_static("b=2"));
-        h.insert("x-session-logout", HeaderValue::from_static(""));
-        h.append(
-            "set-cookie",
-            HeaderValue::from_static("__Host-cr=evil; Path=/"),
-        );
-        h.append("set-cookie", HeaderValue::from_static("app=1"));
-        let c = take_control(&mut h, &names, "__Host-cr");
-        assert!(c.logout && c.set_user.is_some() && c.set_data.len() == 2);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["set-cookie"], "app=1");
     }
 }

@@ -25,10 +25,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::access::{millis, AccessRecord};
+use super::error::ProxyError;
 use super::headers;
-use super::pipeline::Outcome;
-use super::{ConnCtx, ProxyError};
-use crate::listener::Busy;
+use crate::conn::{Busy, ConnCtx};
 use crate::state::{AppState, Runtime};
 
 /// How the client asked for a tunnel.
@@ -118,7 +118,7 @@ impl Pending {
         state: &Arc<AppState>,
         rt: &Runtime,
         conn: &Arc<ConnCtx>,
-        log: &Outcome,
+        log: &AccessRecord,
     ) -> Result<(), ProxyError> {
         let upstream = hyper::upgrade::on(&mut *response);
         let headers = response.headers_mut();
@@ -187,7 +187,7 @@ struct AccessFields {
 }
 
 impl AccessFields {
-    fn of(rt: &Runtime, log: &Outcome) -> AccessFields {
+    fn of(rt: &Runtime, log: &AccessRecord) -> AccessFields {
         AccessFields {
             request_id: log.request_id.clone(),
             route: log.route.and_then(|i| rt.route_names.get(i)).cloned(),
@@ -338,7 +338,6 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
     let Some(fields) = &ends.log else {
         return;
     };
-    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1000.0;
     tracing::info!(
         target: "cloakroom::access",
         request_id = fields.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
@@ -350,7 +349,7 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, ends: Ends) {
         user = fields.user.as_deref().unwrap_or("-"),
         bytes_in = sent.load(Ordering::Relaxed),
         bytes_out = received.load(Ordering::Relaxed),
-        elapsed_ms = ms(started.elapsed()),
+        elapsed_ms = millis(started.elapsed()),
         closed_by = closed_by.as_str(),
     );
     drop(ends.busy);

@@ -27,8 +27,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::RequestBody;
 use super::BackendState;
-use crate::proxy::body::RequestBody;
 
 /// The HTTP/1 connection future of a pooled connection.
 type Driver = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, RequestBody>;

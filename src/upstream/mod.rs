@@ -9,6 +9,7 @@
 
 pub(crate) mod affinity;
 pub(crate) mod balancer;
+pub mod body;
 pub(crate) mod client;
 
 use std::collections::HashMap;
