@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::assertion::Assertions;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, ConfigErrors, RestartOnly, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
@@ -82,6 +83,9 @@ pub struct AppState {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Whether request metrics are counted: the proxy started with an admin listener.
     count_metrics: bool,
+    /// Where the request path reads session time (`now`) from: the system clock, or a
+    /// manual one a test advances.
+    pub(crate) clock: Clock,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -99,11 +103,13 @@ pub enum ReloadError {
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
-    /// `backend` is opened by the caller (see `session::store::open`).
+    /// `backend` is opened by the caller (see `session::store::open`); `clock` is what
+    /// the request path reads session time from.
     pub fn new(
         config: Config,
         certs: CertTable,
         backend: SessionBackend,
+        clock: Clock,
     ) -> Result<Arc<AppState>, crate::session::StoreError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
@@ -135,6 +141,7 @@ impl AppState {
             request_ids: crate::proxy::RequestIds::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             count_metrics,
+            clock,
         }))
     }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
+use common::ports::free_port;
 use common::{config_text, poll_until, reqwest_client, write_leaf, MockUpstream, TestPki, SOON};
 use reqwest::StatusCode;
 
@@ -360,12 +361,6 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn two_upstreams(a: &MockUpstream, b: &MockUpstream, routes: &str, extra: &str) -> String {

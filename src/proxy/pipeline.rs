@@ -19,7 +19,7 @@ use super::{ConnCtx, ProxyError};
 use crate::config::Affinity;
 use crate::inject;
 use crate::router::{normalize_host, RouteId};
-use crate::session::{now_ms, PublicId, Session};
+use crate::session::{PublicId, Session};
 use crate::state::{AppState, Runtime};
 use crate::upstream::affinity::{self, Choice, SessionKey};
 use crate::upstream::client::{self, Deadlines};
@@ -105,7 +105,7 @@ pub(crate) async fn run(
         .ok_or(ProxyError::Internal("upstream index out of range"))?;
     check_content_length(&request, rt.config.limits.max_body_bytes)?;
 
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let mut anomaly = None;
     let ctx = if route.session {
         // Before the session starts, so refused requests do not grow the store.
