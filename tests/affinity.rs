@@ -285,7 +285,7 @@ async fn upstream_handle(
 /// "hash"`), an optional `health` table body, and one session route on `/`.
 fn config(servers: &[String], keys: &str, health: &str) -> String {
     let mut config = ProxyConfig::new()
-        .upstream("app", servers.iter().map(|s| s.trim_matches('"')))
+        .upstream_items("app", servers)
         .upstream_keys("app", keys);
     if !health.is_empty() {
         config = config.table("upstreams.app.health", health);

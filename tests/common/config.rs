@@ -73,7 +73,7 @@ impl Route {
 pub struct ProxyConfig {
     /// `[name]` tables and their key lines, in the order first named.
     tables: Vec<(String, Vec<String>)>,
-    /// `[upstreams.NAME]`: servers and more key lines.
+    /// `[upstreams.NAME]`: servers (TOML array items) and more key lines.
     upstreams: Vec<(String, Vec<String>, Vec<String>)>,
     routes: Vec<Route>,
     /// Written first, as is.
@@ -109,8 +109,19 @@ impl ProxyConfig {
         name: &str,
         servers: impl IntoIterator<Item = S>,
     ) -> ProxyConfig {
-        let servers = servers.into_iter().map(|s| s.to_string()).collect();
-        self.upstreams.push((name.to_string(), servers, Vec::new()));
+        let items = servers
+            .into_iter()
+            .map(|s| format!("\"{}\"", s.to_string()))
+            .collect();
+        self.upstreams.push((name.to_string(), items, Vec::new()));
+        self
+    }
+
+    /// `[upstreams.NAME]` with `servers` given as TOML array items, as is (quoted
+    /// addresses or tables such as `{ addr = "…", weight = 3 }`).
+    pub fn upstream_items(mut self, name: &str, items: &[String]) -> ProxyConfig {
+        self.upstreams
+            .push((name.to_string(), items.to_vec(), Vec::new()));
         self
     }
 
@@ -164,7 +175,6 @@ impl ProxyConfig {
             write_table(&mut out, name, lines);
         }
         for (name, servers, lines) in &self.upstreams {
-            let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
             out.push_str(&format!(
                 "\n[upstreams.{name}]\nservers = [{}]\n",
                 servers.join(", ")
