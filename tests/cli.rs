@@ -13,7 +13,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use common::ports::free_port;
-use common::{config_text, poll_until, reqwest_client, write_leaf, MockUpstream, TestPki, SOON};
+use common::{
+    config_text, poll_until, reqwest_client, write_leaf, MockUpstream, ProxyConfig, TestPki, SOON,
+};
 use reqwest::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloakroom");
@@ -364,11 +366,12 @@ impl Drop for Running {
 }
 
 fn two_upstreams(a: &MockUpstream, b: &MockUpstream, routes: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[upstreams.a]\nservers = [\"{}\"]\n[upstreams.b]\nservers = [\"{}\"]\n{routes}",
-        a.server(),
-        b.server()
-    )
+    ProxyConfig::new()
+        .prelude(extra)
+        .upstream("a", [a.server()])
+        .upstream("b", [b.server()])
+        .raw(routes)
+        .build()
 }
 
 async fn wait_accepting(port: u16) {
