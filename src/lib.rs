@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod anomaly;
 pub mod assertion;
+pub mod clock;
 pub mod config;
 mod conn;
 pub mod demo;
@@ -86,14 +87,21 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Handle(mpsc::UnboundedSender<Command>);
 
-/// The receiving side of a [`Handle`], given to [`run`].
+/// The receiving side of a [`Handle`], given to [`run`], and the clock the proxy
+/// reads session time from.
 #[derive(Debug)]
-pub struct Commands(mpsc::UnboundedReceiver<Command>);
+pub struct Commands(mpsc::UnboundedReceiver<Command>, clock::Clock);
 
-/// A handle and the commands it sends.
+/// A handle and the commands it sends; the proxy uses the system clock.
 pub fn control() -> (Handle, Commands) {
+    control_with_clock(clock::Clock::system())
+}
+
+/// Like [`control`], with the proxy reading session time from `clock` (tests pass a
+/// [`clock::Clock::manual`] one and advance it instead of sleeping).
+pub fn control_with_clock(clock: clock::Clock) -> (Handle, Commands) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Handle(tx), Commands(rx))
+    (Handle(tx), Commands(rx, clock))
 }
 
 impl Handle {
@@ -149,7 +157,7 @@ pub async fn run(
     let max_connections = config.limits.max_connections;
     let max_header_bytes = config.limits.max_header_bytes;
     let opened = session::store::open(&config.session).await?;
-    let state = AppState::new(config, certs, opened.sessions.clone())?;
+    let state = AppState::new(config, certs, opened.sessions.clone(), commands.1.clone())?;
     let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();

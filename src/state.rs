@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::assertion::Assertions;
+use crate::clock::Clock;
 use crate::config::{Config, ConfigError, ConfigErrors, RestartOnly, StoreKind};
 use crate::inject::InjectRules;
 use crate::metrics::{route_label, Metrics, RequestMetrics};
@@ -90,6 +91,9 @@ pub struct AppState {
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Whether request metrics are counted: the proxy started with an admin listener.
     count_metrics: bool,
+    /// Where the request path reads session time (`now`) from: the system clock, or a
+    /// manual one a test advances.
+    pub(crate) clock: Clock,
 }
 
 /// Why a reload was refused. The running config stays.
@@ -107,12 +111,14 @@ pub enum ReloadError {
 
 impl AppState {
     /// State for `config` with its certificates already loaded.
-    /// `sessions` is opened by the caller (see `session::store::open`). Fails only
-    /// when the OS random generator does (the per-start secrets).
+    /// `sessions` is opened by the caller (see `session::store::open`); `clock` is what
+    /// the request path reads session time from. Fails only when the OS random
+    /// generator does (the per-start secrets).
     pub fn new(
         config: Config,
         certs: CertTable,
         sessions: Sessions,
+        clock: Clock,
     ) -> Result<Arc<AppState>, RandomError> {
         let backends = BackendRegistry::default();
         let resolver = Arc::new(CertResolver::new(certs));
@@ -144,6 +150,7 @@ impl AppState {
             request_ids: crate::conn::RequestIds::new(),
             reload_lock: tokio::sync::Mutex::new(()),
             count_metrics,
+            clock,
         }))
     }
 

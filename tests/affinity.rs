@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{poll_until, refused_addr, test_bytes, MockUpstream, TestProxy, SOON};
+use common::{
+    poll_until, refused_addr, test_bytes, MockUpstream, ProxyConfig, Route, TestProxy, SOON,
+};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -282,24 +284,13 @@ async fn upstream_handle(
 /// `[upstreams.app]` with `servers` (TOML array items), more `keys` (e.g. `affinity =
 /// "hash"`), an optional `health` table body, and one session route on `/`.
 fn config(servers: &[String], keys: &str, health: &str) -> String {
-    let health = if health.is_empty() {
-        String::new()
-    } else {
-        format!("[upstreams.app.health]\n{health}\n")
-    };
-    format!(
-        r#"
-[upstreams.app]
-servers = [{}]
-{keys}
-
-{health}
-[[routes]]
-path = "/"
-upstream = "app"
-"#,
-        servers.join(", ")
-    )
+    let mut config = ProxyConfig::new()
+        .upstream_items("app", servers)
+        .upstream_keys("app", keys);
+    if !health.is_empty() {
+        config = config.table("upstreams.app.health", health);
+    }
+    config.route(Route::new("/", "app")).build()
 }
 
 /// `"127.0.0.1:PORT"` quoted, for [`config`].

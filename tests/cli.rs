@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use common::{config_text, poll_until, reqwest_client, write_leaf, MockUpstream, TestPki, SOON};
+use common::ports::free_port;
+use common::{
+    config_text, poll_until, reqwest_client, write_leaf, MockUpstream, ProxyConfig, TestPki, SOON,
+};
 use reqwest::StatusCode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cloakroom");
@@ -362,18 +365,13 @@ impl Drop for Running {
     }
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn two_upstreams(a: &MockUpstream, b: &MockUpstream, routes: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[upstreams.a]\nservers = [\"{}\"]\n[upstreams.b]\nservers = [\"{}\"]\n{routes}",
-        a.server(),
-        b.server()
-    )
+    ProxyConfig::new()
+        .prelude(extra)
+        .upstream("a", [a.server()])
+        .upstream("b", [b.server()])
+        .raw(routes)
+        .build()
 }
 
 async fn wait_accepting(port: u16) {

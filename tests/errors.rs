@@ -11,27 +11,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{refused_addr, MockUpstream, Mode, TestProxy};
+use common::{refused_addr, MockUpstream, Mode, ProxyConfig, Route, TestProxy};
 use reqwest::{StatusCode, Version};
 
 /// `[upstreams.app]` with `servers`, one `/` route, and `extra` config sections.
 async fn proxy_with(servers: &[String], extra: &str) -> TestProxy {
-    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
     TestProxy::builder()
-        .config(format!(
-            r#"
-{extra}
-
-[upstreams.app]
-servers = [{}]
-
-[[routes]]
-path = "/"
-upstream = "app"
-session = false
-"#,
-            servers.join(", ")
-        ))
+        .config(
+            ProxyConfig::new()
+                .prelude(extra)
+                .upstream("app", servers)
+                .route(Route::new("/", "app").session(false)),
+        )
         .start()
         .await
 }

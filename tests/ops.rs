@@ -9,13 +9,14 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::session_app::App;
-use common::{poll_until, TestProxy, SOON};
+use common::{poll_until, ProxyConfig, Route, TestProxy, SOON};
 
 fn session_config(app: &App, extra: &str) -> String {
-    format!(
-        "{extra}\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
-        app.addr
-    )
+    ProxyConfig::new()
+        .prelude(extra)
+        .upstream("app", [app.addr])
+        .route(Route::new("/", "app"))
+        .build()
 }
 
 /// The `name=value` of our cookie in a response, if it sets one.

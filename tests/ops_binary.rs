@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use common::ports::free_ports;
 use common::session_app::App;
 use common::{config_text, poll_until, refused_addr, reqwest_client, write_leaf, TestPki, SOON};
 
@@ -20,12 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_cloakroom");
 const SECRET: &str = "s3cr3t-value-for-the-cookie-mac-0123456789";
 const ADMIN_TOKEN: &str = "admin-token-never-logged-0123456789";
 const APP_AUTHORIZATION: &str = "Bearer app-credential-never-logged-42";
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 /// A running binary whose stderr goes to a file.
 struct Running {
@@ -167,7 +162,7 @@ async fn json_access_log_has_the_request_fields_and_never_a_secret() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
     write_leaf(dir.path(), &pki.default_leaf("json log"));
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let body = format!(
         "[session]\nsecret = \"${{CLOAKROOM_SECRET}}\"\n\n[log]\nformat = \"json\"\n\n\
          [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
@@ -297,7 +292,7 @@ async fn runs_unprivileged_from_a_read_only_directory_answers_health_and_exits_0
     let root = dir.path();
     let pki = TestPki::new();
     write_leaf(root, &pki.default_leaf("container"));
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let body = format!(
         "[session]\nsecret = \"${{CLOAKROOM_SECRET}}\"\n\n\
          [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",
@@ -481,7 +476,7 @@ async fn start_in_an_outage(drain: bool) -> (Running, TestPki, u16, u16, tempfil
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new();
     write_leaf(dir.path(), &pki.default_leaf("log back-pressure"));
-    let (port, admin_port) = (free_port(), free_port());
+    let [port, admin_port] = free_ports();
     let body = format!(
         "[session]\nsecret = \"{SECRET}\"\n\n[log]\naccess = true\n\n\
          [upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\n",

@@ -12,13 +12,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{poll_until, MockUpstream, TestProxy};
+use common::{poll_until, MockUpstream, ProxyConfig, Route, TestProxy};
 
 fn config(upstream: &MockUpstream, limits: &str, session: bool) -> String {
-    format!(
-        "[limits]\n{limits}\n\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = {session}\n",
-        upstream.server()
-    )
+    ProxyConfig::new()
+        .table("limits", limits)
+        .upstream("app", [upstream.server()])
+        .route(Route::new("/", "app").session(session))
+        .build()
 }
 
 async fn status(

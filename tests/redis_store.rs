@@ -18,7 +18,7 @@ use cloakroom::session::{
 };
 use common::redis::RedisServer;
 use common::scripted::App;
-use common::{poll_until, TestPki, TestProxy};
+use common::{poll_until, ProxyConfig, Route, TestPki, TestProxy};
 use reqwest::StatusCode;
 
 const COOKIE: &str = "__Host-cloakroom";
@@ -31,30 +31,16 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef-redis-test";
 /// A proxy config: Redis store at `redis` (TOML lines of `[session.redis]`), `/` a
 /// session route to `app`, `/plain` a `session = false` route to it.
 fn config(app: &App, session: &str, redis: &str) -> String {
-    format!(
-        r#"
-[session]
-store = "redis"
-secret = "{SECRET}"
-{session}
-
-[session.redis]
-{redis}
-
-[upstreams.app]
-servers = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-
-[[routes]]
-path = "/plain"
-upstream = "app"
-session = false
-"#,
-        app.addr
-    )
+    ProxyConfig::new()
+        .table(
+            "session",
+            &format!("store = \"redis\"\nsecret = \"{SECRET}\"\n{session}"),
+        )
+        .table("session.redis", redis)
+        .upstream("app", [app.addr])
+        .route(Route::new("/", "app"))
+        .route(Route::new("/plain", "app").session(false))
+        .build()
 }
 
 async fn proxy(app: &App, redis: &RedisServer, session: &str) -> TestProxy {

@@ -4,6 +4,11 @@
 //! logout endpoint, forged/expired cookies, idle and absolute expiry, `require_user`,
 //! `session = false` routes, CSRF, the memory store's bound and HTTP/2 split cookies.
 //!
+//! Each test is an `async fn(Store)`; the `every_store!` and `server_side_stores!`
+//! macros at the end run it once per session backend (modules `memory`, `cookie`,
+//! `redis`, `postgres`: real servers, see `common::stores`), as tower-sessions'
+//! `route_tests!` does. Expiry tests move the proxy's manual clock instead of sleeping.
+//!
 //! Most tests drive the scripted upstream of `common::scripted` ([`App`]): a request header `x-reply: Name: value`
 //! (repeatable) makes it answer with that response header, `x-reply-status: N` with that
 //! status, and its body lists every request header it received (`name: value` lines),
@@ -16,10 +21,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use common::scripted::*;
+use common::stores::Store;
 use common::{MockUpstream, TestProxy};
 use reqwest::{Method, StatusCode};
 
@@ -45,9 +51,10 @@ fn assert_no_control_headers(reply: &Reply) {
 // The cookie
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_request_gets_host_prefixed_lax_session_cookie_without_domain_or_max_age() {
-    let (_app, proxy) = default_proxy().await;
+async fn first_request_gets_host_prefixed_lax_session_cookie_without_domain_or_max_age(
+    store: Store,
+) {
+    let (_app, proxy) = default_proxy_on(&store).await;
 
     for client in [proxy.client_h1(), proxy.client()] {
         let reply = send(&client, Method::GET, &proxy.url("/"), None, &[]).await;
@@ -79,10 +86,11 @@ async fn first_request_gets_host_prefixed_lax_session_cookie_without_domain_or_m
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_site_strict_is_configurable() {
+async fn same_site_strict_is_configurable(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(&app.server(), "same_site = \"strict\"", "", "")).await;
+    let proxy = store
+        .start(config(&app.server(), "same_site = \"strict\"", "", ""))
+        .await;
 
     let set = get(&proxy, "/", None).await.our_set_cookie().unwrap();
     let (_, _, attributes) = parse_set_cookie(&set);
@@ -96,16 +104,16 @@ async fn same_site_strict_is_configurable() {
     assert_eq!(attribute(&attributes, "domain"), None, "{set}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_cookie_has_max_age_of_absolute_timeout() {
+async fn persistent_cookie_has_max_age_of_absolute_timeout(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "persistent = true\nabsolute_timeout = \"2h\"",
-        "",
-        "",
-    ))
-    .await;
+    let proxy = store
+        .start(config(
+            &app.server(),
+            "persistent = true\nabsolute_timeout = \"2h\"",
+            "",
+            "",
+        ))
+        .await;
 
     let set = get(&proxy, "/", None).await.our_set_cookie().unwrap();
     let (_, _, attributes) = parse_set_cookie(&set);
@@ -118,9 +126,10 @@ async fn persistent_cookie_has_max_age_of_absolute_timeout() {
     assert_eq!(attribute(&attributes, "domain"), None, "{set}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_hundred_fresh_requests_get_distinct_cookies_and_public_ids_unrelated_to_them() {
-    let (_app, proxy) = default_proxy().await;
+async fn five_hundred_fresh_requests_get_distinct_cookies_and_public_ids_unrelated_to_them(
+    store: Store,
+) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let client = proxy.client();
     let url = proxy.url("/");
 
@@ -172,9 +181,8 @@ async fn five_hundred_fresh_requests_get_distinct_cookies_and_public_ids_unrelat
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn public_id_reaches_upstream_from_the_first_request_and_stays_stable() {
-    let (app, proxy) = default_proxy().await;
+async fn public_id_reaches_upstream_from_the_first_request_and_stays_stable(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
 
     let first = get(&proxy, "/", None).await;
     let id = first.id();
@@ -201,9 +209,8 @@ async fn public_id_reaches_upstream_from_the_first_request_and_stays_stable() {
 // What the upstream receives
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spoofed_session_headers_are_stripped_for_an_anonymous_session() {
-    let (app, proxy) = default_proxy().await;
+async fn spoofed_session_headers_are_stripped_for_an_anonymous_session(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let spoof = [
         ("x-session-user", "admin"),
         ("x-session-roles", "root"),
@@ -242,9 +249,8 @@ async fn spoofed_session_headers_are_stripped_for_an_anonymous_session() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spoofed_session_headers_are_stripped_for_a_logged_in_session() {
-    let (app, proxy) = default_proxy().await;
+async fn spoofed_session_headers_are_stripped_for_a_logged_in_session(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "alice", "editor").await.cookie();
 
     let reply = send(
@@ -266,17 +272,17 @@ async fn spoofed_session_headers_are_stripped_for_a_logged_in_session() {
     assert!(seen.all("x-session-anything").is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn configured_inject_names_are_stripped_from_clients_and_used_for_the_session() {
+async fn configured_inject_names_are_stripped_from_clients_and_used_for_the_session(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "",
-        "",
-        "[inject]\nuser = \"X-Remote-User\"\nid = \"X-Request-Session\"\n\n\
+    let proxy = store
+        .start(config(
+            &app.server(),
+            "",
+            "",
+            "[inject]\nuser = \"X-Remote-User\"\nid = \"X-Request-Session\"\n\n\
          [control]\nlogout = \"X-App-Logout\"\n",
-    ))
-    .await;
+        ))
+        .await;
 
     // Anonymous: the client's X-Remote-User does not pass.
     let reply = send(
@@ -344,9 +350,8 @@ async fn configured_inject_names_are_stripped_from_clients_and_used_for_the_sess
     assert_ne!(app.last().one("x-request-session").unwrap(), bob_id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn own_cookie_is_removed_from_the_cookie_header_sent_upstream() {
-    let (app, proxy) = default_proxy().await;
+async fn own_cookie_is_removed_from_the_cookie_header_sent_upstream(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (cookie, id) = new_session(&proxy).await;
 
     for client in [proxy.client_h1(), proxy.client()] {
@@ -383,9 +388,8 @@ async fn own_cookie_is_removed_from_the_cookie_header_sent_upstream() {
     assert_eq!(app.last().all("cookie"), vec!["a=1; b=2".to_string()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http2_cookie_split_across_several_headers_still_finds_the_session() {
-    let (app, proxy) = default_proxy().await;
+async fn http2_cookie_split_across_several_headers_still_finds_the_session(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (cookie, id) = new_session(&proxy).await;
 
     let response = proxy
@@ -414,9 +418,10 @@ async fn http2_cookie_split_across_several_headers_still_finds_the_session() {
 // Control headers
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_regenerates_the_cookie_keeps_the_public_id_and_the_old_cookie_turns_anonymous() {
-    let (app, proxy) = default_proxy().await;
+async fn login_regenerates_the_cookie_keeps_the_public_id_and_the_old_cookie_turns_anonymous(
+    store: Store,
+) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (old_cookie, id) = new_session(&proxy).await;
 
     let reply = login(&proxy, Some(&old_cookie), "alice", "admin,dev").await;
@@ -447,9 +452,8 @@ async fn login_regenerates_the_cookie_keeps_the_public_id_and_the_old_cookie_tur
     assert_eq!(again.user().as_deref(), Some("alice"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changing_roles_alone_regenerates_and_keeps_the_user() {
-    let (_app, proxy) = default_proxy().await;
+async fn changing_roles_alone_regenerates_and_keeps_the_user(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "carol", "reader").await.cookie();
 
     let reply = send(
@@ -474,9 +478,8 @@ async fn changing_roles_alone_regenerates_and_keeps_the_user() {
     assert!(stale.user().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_data_set_delete_round_trip() {
-    let (app, proxy) = default_proxy().await;
+async fn session_data_set_delete_round_trip(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (cookie, id) = new_session(&proxy).await;
 
     let reply = send(
@@ -554,9 +557,8 @@ fn form_decode(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_header_destroys_the_session_and_expires_the_cookie() {
-    let (_app, proxy) = default_proxy().await;
+async fn logout_header_destroys_the_session_and_expires_the_cookie(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let login_reply = login(&proxy, None, "dave", "").await;
     let cookie = login_reply.cookie();
     let id = get(&proxy, "/", Some(&cookie)).await.id();
@@ -588,9 +590,10 @@ async fn logout_header_destroys_the_session_and_expires_the_cookie() {
     after.cookie();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_endpoint_post_redirects_to_next_expires_the_cookie_and_destroys_the_session() {
-    let (app, proxy) = default_proxy().await;
+async fn logout_endpoint_post_redirects_to_next_expires_the_cookie_and_destroys_the_session(
+    store: Store,
+) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "erin", "").await.cookie();
     let id = get(&proxy, "/", Some(&cookie)).await.id();
     let before = app.count();
@@ -616,9 +619,8 @@ async fn logout_endpoint_post_redirects_to_next_expires_the_cookie_and_destroys_
     assert!(after.user().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_endpoint_refuses_other_origin_next_targets() {
-    let (_app, proxy) = default_proxy().await;
+async fn logout_endpoint_refuses_other_origin_next_targets(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     for next in [
         "//evil.example/x",
         "https://evil.example/",
@@ -654,9 +656,8 @@ async fn logout_endpoint_refuses_other_origin_next_targets() {
     assert_eq!(reply.header("location").as_deref(), Some("/"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_endpoint_get_is_405_and_keeps_the_session() {
-    let (_app, proxy) = default_proxy().await;
+async fn logout_endpoint_get_is_405_and_keeps_the_session(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "frank", "").await.cookie();
 
     let reply = get(&proxy, "/.cloakroom/logout", Some(&cookie)).await;
@@ -667,9 +668,8 @@ async fn logout_endpoint_get_is_405_and_keeps_the_session() {
     assert_eq!(after.user().as_deref(), Some("frank"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_endpoint_refuses_a_cross_site_post() {
-    let (_app, proxy) = default_proxy().await;
+async fn logout_endpoint_refuses_a_cross_site_post(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "gina", "").await.cookie();
 
     let reply = send(
@@ -685,8 +685,7 @@ async fn logout_endpoint_refuses_a_cross_site_post() {
     assert_eq!(after.user().as_deref(), Some("gina"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_headers_never_reach_the_client_on_a_session_false_route() {
+async fn control_headers_never_reach_the_client_on_a_session_false_route(store: Store) {
     let plain = MockUpstream::start("plain").await;
     for (name, value) in [
         ("X-Session-Set-User", "mallory"),
@@ -697,12 +696,13 @@ async fn control_headers_never_reach_the_client_on_a_session_false_route() {
         plain.add_response_header(name, value);
     }
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "",
-        "",
-        &format!(
-            r#"
+    let proxy = store
+        .start(config(
+            &app.server(),
+            "",
+            "",
+            &format!(
+                r#"
 [upstreams.plain]
 servers = ["{}"]
 
@@ -711,10 +711,10 @@ path = "/static"
 upstream = "plain"
 session = false
 "#,
-            plain.server()
-        ),
-    ))
-    .await;
+                plain.server()
+            ),
+        ))
+        .await;
 
     let (cookie, id) = new_session(&proxy).await;
     for cookie in [None, Some(cookie.as_str())] {
@@ -741,9 +741,8 @@ session = false
     assert!(after.user().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_headers_are_stripped_from_an_upstream_500_response() {
-    let (_app, proxy) = default_proxy().await;
+async fn control_headers_are_stripped_from_an_upstream_500_response(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let (cookie, _) = new_session(&proxy).await;
 
     let reply = send(
@@ -801,9 +800,8 @@ async fn assert_fresh_session(proxy: &TestProxy, value: &str, id: &str, what: &s
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampered_cookie_starts_a_fresh_session() {
-    let (_app, proxy) = default_proxy().await;
+async fn tampered_cookie_starts_a_fresh_session(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let cookie = login(&proxy, None, "henry", "admin").await.cookie();
     let id = get(&proxy, "/", Some(&cookie)).await.id();
 
@@ -829,9 +827,8 @@ async fn tampered_cookie_starts_a_fresh_session() {
     assert_eq!(genuine.user().as_deref(), Some("henry"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_and_empty_cookie_values_start_a_fresh_session() {
-    let (_app, proxy) = default_proxy().await;
+async fn garbage_and_empty_cookie_values_start_a_fresh_session(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     let (_, id) = new_session(&proxy).await;
 
     for value in [
@@ -863,16 +860,16 @@ async fn garbage_and_empty_cookie_values_start_a_fresh_session() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cookie_sealed_for_another_cookie_name_is_refused() {
+async fn cookie_sealed_for_another_cookie_name_is_refused(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        &format!("secret = \"{SECRET}\""),
-        "",
-        "",
-    ))
-    .await;
+    let proxy = store
+        .start(config(
+            &app.server(),
+            &format!("secret = \"{SECRET}\""),
+            "",
+            "",
+        ))
+        .await;
     let cookie = login(&proxy, None, "ivan", "admin").await.cookie();
     let id = get(&proxy, "/", Some(&cookie)).await.id();
 
@@ -921,57 +918,63 @@ async fn cookie_sealed_for_another_cookie_name_is_refused() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_timeout_expires_an_unused_session_and_use_keeps_it_alive() {
+async fn idle_timeout_expires_an_unused_session_and_use_keeps_it_alive(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "idle_timeout = \"2s\"\nabsolute_timeout = \"1h\"",
-        "",
-        "",
-    ))
-    .await;
-    let cookie = login(&proxy, None, "judy", "").await.cookie();
+    let proxy = store
+        .builder(&config(
+            &app.server(),
+            "idle_timeout = \"2s\"\nabsolute_timeout = \"1h\"",
+            "",
+            "",
+        ))
+        .manual_clock()
+        .start()
+        .await;
+    let mut cookie = login(&proxy, None, "judy", "").await.cookie();
     let id = get(&proxy, "/", Some(&cookie)).await.id();
 
-    // Used every 300 ms for 5 s (well over the idle timeout in total): still alive.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Used every 300 ms for 5 s of session time (well over the idle timeout in
+    // total): still alive. Like a browser, the client keeps a cookie the proxy
+    // reissues (the sealed cookie carries the last use; a store's cookie never changes).
+    let mut elapsed = Duration::ZERO;
+    while elapsed < Duration::from_secs(5) {
+        proxy.advance(Duration::from_millis(300));
+        elapsed += Duration::from_millis(300);
         let reply = get(&proxy, "/", Some(&cookie)).await;
-        assert_eq!(
-            reply.id(),
-            id,
-            "expired while in use after {:?}",
-            started.elapsed()
-        );
+        assert_eq!(reply.id(), id, "expired while in use after {elapsed:?}");
         assert_eq!(reply.user().as_deref(), Some("judy"));
+        if reply.our_set_cookie().is_some() {
+            cookie = reply.cookie();
+        }
     }
 
     // Then left alone for twice the idle timeout: gone.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    proxy.advance(Duration::from_secs(4));
     let reply = get(&proxy, "/", Some(&cookie)).await;
     assert_ne!(reply.id(), id);
     assert!(reply.user().is_none());
     reply.cookie();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn absolute_timeout_is_not_extended_by_use() {
+async fn absolute_timeout_is_not_extended_by_use(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "idle_timeout = \"2s\"\nabsolute_timeout = \"2s\"",
-        "",
-        "",
-    ))
-    .await;
-    let before = Instant::now();
+    let proxy = store
+        .builder(&config(
+            &app.server(),
+            "idle_timeout = \"2s\"\nabsolute_timeout = \"2s\"",
+            "",
+            "",
+        ))
+        .manual_clock()
+        .start()
+        .await;
     let (cookie, id) = new_session(&proxy).await;
 
+    // Session time since creation; the wall clock adds a few ms on top.
+    let mut sent = Duration::ZERO;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let sent = before.elapsed();
+        proxy.advance(Duration::from_millis(500));
+        sent += Duration::from_millis(500);
         let reply = get(&proxy, "/", Some(&cookie)).await;
         if sent < Duration::from_millis(1400) {
             assert_eq!(reply.id(), id, "expired early, at {sent:?}");
@@ -988,38 +991,35 @@ async fn absolute_timeout_is_not_extended_by_use() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn absolute_timeout_restarts_at_login() {
+async fn absolute_timeout_restarts_at_login(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "idle_timeout = \"6s\"\nabsolute_timeout = \"6s\"",
-        "",
-        "",
-    ))
-    .await;
-    let created = Instant::now();
+    let proxy = store
+        .builder(&config(
+            &app.server(),
+            "idle_timeout = \"6s\"\nabsolute_timeout = \"6s\"",
+            "",
+            "",
+        ))
+        .manual_clock()
+        .start()
+        .await;
     let (cookie, _) = new_session(&proxy).await;
 
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    let logged_in = Instant::now();
+    proxy.advance(Duration::from_millis(3500));
     let new_cookie = login(&proxy, Some(&cookie), "kate", "").await.cookie();
 
-    // Past the anonymous session's absolute deadline, well within the login's.
-    let wait = Duration::from_millis(7000).saturating_sub(created.elapsed());
-    tokio::time::sleep(wait).await;
+    // 7 s after creation: past the anonymous session's absolute deadline, 3.5 s after
+    // the login, well within its own.
+    proxy.advance(Duration::from_millis(3500));
     let reply = get(&proxy, "/", Some(&new_cookie)).await;
-    assert!(
-        logged_in.elapsed() < Duration::from_millis(5500),
-        "the machine is too slow for this test's margins"
-    );
     assert_eq!(
         reply.user().as_deref(),
         Some("kate"),
-        "a session that logged in {:?} ago (created {:?} ago) expired",
-        logged_in.elapsed(),
-        created.elapsed()
+        "a session that logged in 3.5 s ago (created 7 s ago) expired"
     );
+    // And the anonymous session it replaced is gone either way.
+    let old = get(&proxy, "/", Some(&cookie)).await;
+    assert!(old.user().is_none());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1027,28 +1027,28 @@ async fn absolute_timeout_restarts_at_login() {
 // ---------------------------------------------------------------------------------------
 
 /// `/` open, `/private` with `require_user` and the route keys `private`.
-async fn require_user_proxy(app: &App, private: &str) -> TestProxy {
-    start(config(
-        &app.server(),
-        "",
-        "",
-        &format!(
-            r#"
+async fn require_user_proxy(store: &Store, app: &App, private: &str) -> TestProxy {
+    store
+        .start(config(
+            &app.server(),
+            "",
+            "",
+            &format!(
+                r#"
 [[routes]]
 path = "/private"
 upstream = "app"
 require_user = true
 {private}
 "#
-        ),
-    ))
-    .await
+            ),
+        ))
+        .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_user_answers_401_without_a_user_and_passes_with_one() {
+async fn require_user_answers_401_without_a_user_and_passes_with_one(store: Store) {
     let app = App::start().await;
-    let proxy = require_user_proxy(&app, "").await;
+    let proxy = require_user_proxy(&store, &app, "").await;
 
     let before = app.count();
     let reply = get(&proxy, "/private/page", None).await;
@@ -1068,10 +1068,9 @@ async fn require_user_answers_401_without_a_user_and_passes_with_one() {
     assert_eq!(reply.user().as_deref(), Some("leo"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn require_user_redirects_get_to_login_url_with_next() {
+async fn require_user_redirects_get_to_login_url_with_next(store: Store) {
     let app = App::start().await;
-    let proxy = require_user_proxy(&app, "login_url = \"/login\"").await;
+    let proxy = require_user_proxy(&store, &app, "login_url = \"/login\"").await;
 
     let before = app.count();
     let reply = get(&proxy, "/private/page?x=1", None).await;
@@ -1099,21 +1098,23 @@ async fn require_user_redirects_get_to_login_url_with_next() {
     assert_eq!(app.count(), before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_false_route_sets_no_cookie_injects_nothing_and_strips_spoofed_headers() {
+async fn session_false_route_sets_no_cookie_injects_nothing_and_strips_spoofed_headers(
+    store: Store,
+) {
     let app = App::start().await;
-    let proxy = start(config(
-        &app.server(),
-        "",
-        "",
-        r#"
+    let proxy = store
+        .start(config(
+            &app.server(),
+            "",
+            "",
+            r#"
 [[routes]]
 path = "/plain"
 upstream = "app"
 session = false
 "#,
-    ))
-    .await;
+        ))
+        .await;
     let cookie = login(&proxy, None, "mia", "admin").await.cookie();
 
     for cookie in [None, Some(cookie.as_str())] {
@@ -1164,9 +1165,8 @@ session = false
 // CSRF
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_site_unsafe_requests_get_403_without_reaching_upstream() {
-    let (app, proxy) = default_proxy().await;
+async fn cross_site_unsafe_requests_get_403_without_reaching_upstream(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (cookie, _) = new_session(&proxy).await;
     let before = app.count();
     let own = format!("https://{}", proxy.host());
@@ -1208,9 +1208,8 @@ async fn cross_site_unsafe_requests_get_403_without_reaching_upstream() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_origin_unsafe_requests_and_cross_site_gets_are_allowed() {
-    let (app, proxy) = default_proxy().await;
+async fn same_origin_unsafe_requests_and_cross_site_gets_are_allowed(store: Store) {
+    let (app, proxy) = default_proxy_on(&store).await;
     let (cookie, id) = new_session(&proxy).await;
     let origin = format!("https://{}", proxy.host());
 
@@ -1255,10 +1254,11 @@ async fn same_origin_unsafe_requests_and_cross_site_gets_are_allowed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn csrf_false_route_allows_cross_site_posts() {
+async fn csrf_false_route_allows_cross_site_posts(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(&app.server(), "", "csrf = false", "")).await;
+    let proxy = store
+        .start(config(&app.server(), "", "csrf = false", ""))
+        .await;
 
     let reply = send(
         &proxy.client(),
@@ -1279,10 +1279,11 @@ async fn csrf_false_route_allows_cross_site_posts() {
 // The memory store's bound
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_sessions_bounds_the_store_and_never_evicts_a_logged_in_session() {
+async fn max_sessions_bounds_the_store_and_never_evicts_a_logged_in_session(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(&app.server(), "max_sessions = 50", "", "")).await;
+    let proxy = store
+        .start(config(&app.server(), "max_sessions = 50", "", ""))
+        .await;
     let user_cookie = login(&proxy, None, "nina", "admin").await.cookie();
     let user_id = get(&proxy, "/", Some(&user_cookie)).await.id();
 
@@ -1327,10 +1328,11 @@ async fn max_sessions_bounds_the_store_and_never_evicts_a_logged_in_session() {
     assert_eq!(reply.user().as_deref(), Some("nina"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_flood_never_grows_the_store_beyond_max_sessions() {
+async fn concurrent_flood_never_grows_the_store_beyond_max_sessions(store: Store) {
     let app = App::start().await;
-    let proxy = start(config(&app.server(), "max_sessions = 50", "", "")).await;
+    let proxy = store
+        .start(config(&app.server(), "max_sessions = 50", "", ""))
+        .await;
     let client = proxy.client();
     let url = proxy.url("/");
 
@@ -1366,9 +1368,8 @@ async fn concurrent_flood_never_grows_the_store_beyond_max_sessions() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logout_endpoint_location_is_a_valid_uri_reference() {
-    let (_app, proxy) = default_proxy().await;
+async fn logout_endpoint_location_is_a_valid_uri_reference(store: Store) {
+    let (_app, proxy) = default_proxy_on(&store).await;
     for (next, decoded) in [("/a%20b", "/a b"), ("/%C3%BC", "/ü"), ("/a+b", "/a b")] {
         let reply = send(
             &proxy.client(),
@@ -1396,4 +1397,107 @@ async fn logout_endpoint_location_is_a_valid_uri_reference() {
             "next={next}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Every store
+// ---------------------------------------------------------------------------------------
+
+/// Runs each named test above as `#[tokio::test]` on `Store::$store()`.
+macro_rules! on_store {
+    ($store:ident: $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test(Store::$store().await).await;
+            }
+        )*
+    };
+}
+
+/// The tests that hold for every store, run in a module per store (`memory::…`,
+/// `cookie::…`, `redis::…`, `postgres::…`), as tower-sessions' `route_tests!` does.
+macro_rules! every_store {
+    ($store:ident) => {
+        on_store!(
+            $store:
+        first_request_gets_host_prefixed_lax_session_cookie_without_domain_or_max_age,
+        same_site_strict_is_configurable,
+        persistent_cookie_has_max_age_of_absolute_timeout,
+        five_hundred_fresh_requests_get_distinct_cookies_and_public_ids_unrelated_to_them,
+        public_id_reaches_upstream_from_the_first_request_and_stays_stable,
+        spoofed_session_headers_are_stripped_for_an_anonymous_session,
+        spoofed_session_headers_are_stripped_for_a_logged_in_session,
+        own_cookie_is_removed_from_the_cookie_header_sent_upstream,
+        http2_cookie_split_across_several_headers_still_finds_the_session,
+        logout_endpoint_refuses_other_origin_next_targets,
+        logout_endpoint_get_is_405_and_keeps_the_session,
+        logout_endpoint_refuses_a_cross_site_post,
+        control_headers_never_reach_the_client_on_a_session_false_route,
+        control_headers_are_stripped_from_an_upstream_500_response,
+        tampered_cookie_starts_a_fresh_session,
+        garbage_and_empty_cookie_values_start_a_fresh_session,
+        idle_timeout_expires_an_unused_session_and_use_keeps_it_alive,
+        absolute_timeout_is_not_extended_by_use,
+        absolute_timeout_restarts_at_login,
+        require_user_answers_401_without_a_user_and_passes_with_one,
+        require_user_redirects_get_to_login_url_with_next,
+        session_false_route_sets_no_cookie_injects_nothing_and_strips_spoofed_headers,
+        cross_site_unsafe_requests_get_403_without_reaching_upstream,
+        same_origin_unsafe_requests_and_cross_site_gets_are_allowed,
+        csrf_false_route_allows_cross_site_posts,
+        logout_endpoint_location_is_a_valid_uri_reference
+        );
+    };
+}
+
+/// The tests that need the session kept server-side, run on every store but the sealed
+/// cookie: there an old copy of the cookie stays valid until it expires (login, a role
+/// change and logout cannot revoke it), a data change reissues the cookie, and the
+/// cookie holds the sealed session rather than a sealed token.
+macro_rules! server_side_stores {
+    ($store:ident) => {
+        on_store!(
+            $store:
+            configured_inject_names_are_stripped_from_clients_and_used_for_the_session,
+            login_regenerates_the_cookie_keeps_the_public_id_and_the_old_cookie_turns_anonymous,
+            changing_roles_alone_regenerates_and_keeps_the_user,
+            session_data_set_delete_round_trip,
+            logout_header_destroys_the_session_and_expires_the_cookie,
+            logout_endpoint_post_redirects_to_next_expires_the_cookie_and_destroys_the_session,
+            cookie_sealed_for_another_cookie_name_is_refused,
+        );
+    };
+}
+
+mod memory {
+    use super::*;
+    every_store!(memory);
+    server_side_stores!(memory);
+    // The memory store's own bound (`max_sessions`) exists only here.
+    on_store!(memory: max_sessions_bounds_the_store_and_never_evicts_a_logged_in_session);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flood_never_grows_the_store_beyond_max_sessions() {
+        super::concurrent_flood_never_grows_the_store_beyond_max_sessions(Store::memory().await)
+            .await;
+    }
+}
+
+mod cookie {
+    use super::*;
+    // Not `server_side_stores!`: see there why those cannot hold for a sealed cookie.
+    every_store!(cookie);
+}
+
+mod redis {
+    use super::*;
+    every_store!(redis);
+    server_side_stores!(redis);
+}
+
+mod postgres {
+    use super::*;
+    every_store!(postgres);
+    server_side_stores!(postgres);
 }

@@ -13,7 +13,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{poll_until, test_bytes, MockUpstream, Mode, RawConn, TestProxy, SOON};
+use common::{
+    poll_until, test_bytes, MockUpstream, Mode, ProxyConfig, RawConn, Route, TestProxy, SOON,
+};
 use futures_util::StreamExt as _;
 
 /// The interpreter that has Debian's python3-websockets and python3-h2 (`.ci/run`
@@ -70,9 +72,12 @@ impl Drop for WsEcho {
 /// A proxy in front of `server` on every path, without sessions, with `extra` TOML.
 async fn proxy_for(server: &str, extra: &str) -> TestProxy {
     TestProxy::builder()
-        .config(format!(
-            "{extra}\n[upstreams.app]\nservers = [\"{server}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = false\n"
-        ))
+        .config(
+            ProxyConfig::new()
+                .prelude(extra)
+                .upstream("app", [server])
+                .route(Route::new("/", "app").session(false)),
+        )
         .admin_listener()
         .start()
         .await

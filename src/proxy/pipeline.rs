@@ -44,7 +44,7 @@ use crate::config::{AnomalyMode, RouteConfig};
 use crate::conn::{ConnCtx, X_REQUEST_ID};
 use crate::inject;
 use crate::router::{normalize_host, RouteId};
-use crate::session::{now_ms, Session};
+use crate::session::Session;
 use crate::state::{AppState, Runtime};
 use crate::upstream::body::RequestBody;
 use crate::upstream::client::Deadlines;
@@ -209,7 +209,7 @@ async fn request_filter<'rt>(
         .ok_or(ProxyError::Internal("upstream index out of range"))?;
     check_content_length(request, rt.config.limits.max_body_bytes)?;
 
-    let now = now_ms();
+    let now = state.clock.now_ms();
     let mut anomaly = None;
     let session = if route.session {
         // Before the session starts, so refused requests do not grow the store.

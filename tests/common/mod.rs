@@ -1,5 +1,5 @@
-//! The shared harness of the integration tests: a per-run PKI ([`TestPki`]), scriptable
-//! upstream servers ([`MockUpstream`]), a proxy on ephemeral ports ([`TestProxy`]),
+//! The shared harness of the integration tests: a per-run PKI ([`TestPki`]), the one
+//! scriptable upstream server ([`MockUpstream`], see [`Mode`]), a proxy on ephemeral ports ([`TestProxy`]),
 //! clients that trust only the test CA (reqwest, and raw TLS for byte-level tests), and
 //! [`poll_until`] for waiting on a state instead of sleeping.
 //!
@@ -8,17 +8,20 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod config;
+pub mod ports;
 pub mod postgres;
 pub mod redis;
 pub mod scripted;
 pub mod session_app;
+pub mod stores;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +43,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+#[allow(unused_imports)]
+pub use config::{ProxyConfig, Route};
+#[allow(unused_imports)]
+pub use ports::refused_addr;
 
 /// Generous deadline for anything that "should happen soon" on a loaded machine.
 pub const SOON: Duration = Duration::from_secs(20);
@@ -253,6 +261,14 @@ pub enum Mode {
     CloseMidResponse,
     /// 200 `text/event-stream` (chunked): `data: N` events `0..count`, one every `every`.
     Events { count: usize, every: Duration },
+    /// Scripted by request headers (`scripted::App`): `x-reply: Name: value`
+    /// (repeatable) answers with that response header, `x-reply-status: N` with that
+    /// status; the body lists every request header received (`name: value` lines).
+    Scripted,
+    /// Drives sessions by path (`session_app::App`): `/login?user=NAME`, `/logout`,
+    /// `/logout-everywhere`, `/healthz` (200, or 503 after `set_healthy(false)`);
+    /// the body is the `X-Session-User` received (or `anon`).
+    Sessions,
 }
 
 struct Behaviour {
@@ -263,6 +279,8 @@ struct Behaviour {
 
 struct Shared {
     name: String,
+    /// What `/healthz` answers in [`Mode::Sessions`].
+    healthy: Arc<AtomicBool>,
     behaviour: Mutex<Behaviour>,
     recorded: Mutex<Vec<Recorded>>,
     connections: AtomicUsize,
@@ -296,6 +314,7 @@ impl MockUpstream {
         let addr = listener.local_addr().expect("mock addr");
         let shared = Arc::new(Shared {
             name: name.to_string(),
+            healthy: Arc::new(AtomicBool::new(true)),
             behaviour: Mutex::new(Behaviour {
                 mode,
                 delay: Duration::ZERO,
@@ -360,16 +379,20 @@ impl MockUpstream {
             .expect("the upstream received no request")
     }
 
+    /// What `/healthz` answers in [`Mode::Sessions`]: 200, or 503 when not `healthy`.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.shared.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// The switch behind [`MockUpstream::set_healthy`], shared.
+    pub fn health_switch(&self) -> Arc<AtomicBool> {
+        self.shared.healthy.clone()
+    }
+
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
     }
-}
-
-/// An address where nothing listens (bound to port 0, then released).
-pub fn refused_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -460,6 +483,13 @@ async fn mock_handle(
     }
 
     let mut response = match mode {
+        Mode::Scripted => return Ok(scripted_response(&parts.headers)),
+        Mode::Sessions => {
+            return Ok(sessions_response(
+                &parts,
+                shared.healthy.load(Ordering::Relaxed),
+            ))
+        }
         Mode::Name => Response::new(full(shared.name.clone())),
         Mode::Echo => Response::new(full(body)),
         Mode::Body(bytes) => Response::new(full(bytes)),
@@ -509,6 +539,67 @@ async fn mock_handle(
     Ok(response)
 }
 
+/// The answer of [`Mode::Scripted`] to a request with `headers`.
+fn scripted_response(headers: &HeaderMap) -> Response<MockBody> {
+    let mut listing = String::new();
+    for (name, value) in headers {
+        listing.push_str(name.as_str());
+        listing.push_str(": ");
+        listing.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        listing.push('\n');
+    }
+    let mut response = Response::new(full(listing));
+    if let Some(status) = headers
+        .get("x-reply-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        *response.status_mut() = StatusCode::from_u16(status).expect("x-reply-status: a status");
+    }
+    for reply in headers.get_all("x-reply") {
+        let text = reply.to_str().expect("x-reply is text");
+        let (name, value) = text.split_once(':').expect("x-reply: Name: value");
+        response.headers_mut().append(
+            http::HeaderName::from_bytes(name.trim().as_bytes()).expect("x-reply header name"),
+            HeaderValue::from_str(value.trim()).expect("x-reply header value"),
+        );
+    }
+    response
+}
+
+/// The answer of [`Mode::Sessions`] to a request.
+fn sessions_response(parts: &http::request::Parts, healthy: bool) -> Response<MockBody> {
+    let query = parts.uri.query().unwrap_or("");
+    let user = parts
+        .headers
+        .get("x-session-user")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anon")
+        .to_string();
+    let mut response = Response::new(full(user));
+    let headers = response.headers_mut();
+    match parts.uri.path() {
+        "/login" => {
+            let name = query.strip_prefix("user=").unwrap_or("someone");
+            headers.insert(
+                "x-session-set-user",
+                HeaderValue::from_str(name).expect("user name"),
+            );
+        }
+        "/logout" => {
+            headers.insert("x-session-logout", HeaderValue::from_static("1"));
+        }
+        "/logout-everywhere" => {
+            headers.insert("x-session-logout", HeaderValue::from_static("everywhere"));
+        }
+        "/healthz" if !healthy => {
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        _ => {}
+    }
+    response
+}
+
 // ---------------------------------------------------------------------------------------
 // Proxy
 // ---------------------------------------------------------------------------------------
@@ -519,6 +610,7 @@ pub struct TestProxyBuilder {
     http_listener: bool,
     admin_listener: bool,
     listen: String,
+    clock: cloakroom::clock::Clock,
 }
 
 impl TestProxyBuilder {
@@ -531,6 +623,13 @@ impl TestProxyBuilder {
     /// More `[listen]` keys (e.g. `trusted_proxies = [...]`), written in that table.
     pub fn listen(mut self, keys: impl Into<String>) -> Self {
         self.listen = keys.into();
+        self
+    }
+
+    /// Session time comes from a manual clock the test moves with
+    /// [`TestProxy::advance`] instead of sleeping (it starts at the system time).
+    pub fn manual_clock(mut self) -> Self {
+        self.clock = cloakroom::clock::Clock::manual();
         self
     }
 
@@ -586,9 +685,10 @@ impl TestProxyBuilder {
             (None, None)
         };
         let listeners = cloakroom::Listeners { https, http, admin };
-        let (handle, commands) = cloakroom::control();
+        let (handle, commands) = cloakroom::control_with_clock(self.clock.clone());
         let join = tokio::spawn(cloakroom::run(config, certs, listeners, commands));
         TestProxy {
+            clock: self.clock,
             https_addr,
             http_addr,
             admin_addr,
@@ -615,6 +715,8 @@ pub struct TestProxy {
     /// The certificate the proxy started with.
     pub leaf: Leaf,
     pub dir: tempfile::TempDir,
+    /// The clock the proxy reads session time from (see [`TestProxyBuilder::manual_clock`]).
+    pub clock: cloakroom::clock::Clock,
 }
 
 impl Drop for TestProxy {
@@ -643,10 +745,12 @@ impl TestProxy {
     /// before the upstream.
     pub async fn in_front_of_with(upstream: &MockUpstream, extra: &str) -> TestProxy {
         TestProxy::builder()
-            .config(format!(
-                "{extra}\n[upstreams.app]\nservers = [\"{}\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = false\n",
-                upstream.server()
-            ))
+            .config(
+                ProxyConfig::new()
+                    .prelude(extra)
+                    .upstream("app", [upstream.server()])
+                    .route(Route::new("/", "app").session(false)),
+            )
             .start()
             .await
     }
@@ -657,7 +761,19 @@ impl TestProxy {
             http_listener: false,
             admin_listener: false,
             listen: String::new(),
+            clock: cloakroom::clock::Clock::system(),
         }
+    }
+
+    /// Moves the proxy's session clock forward by `by`, as if that much time had
+    /// passed; panics unless the proxy was started with a manual clock.
+    pub fn advance(&self, by: Duration) {
+        let before = self.clock.now_ms();
+        self.clock.advance(by);
+        assert!(
+            self.clock.now_ms() >= before + u64::try_from(by.as_millis()).unwrap(),
+            "start the proxy with .manual_clock() to move its clock"
+        );
     }
 
     /// `https://localhost:PORT{path}`.

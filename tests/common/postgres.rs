@@ -7,11 +7,12 @@
 //! them holds it; each test then uses tables of its own ([`unique_table`]). A test that
 //! stops or restarts the server starts a cluster of its own with [`PgCluster::start`].
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+
+use super::ports::free_port;
 
 /// A running throwaway cluster.
 pub struct PgCluster {
@@ -78,12 +79,6 @@ fn children(parent: &str) -> Vec<String> {
             (ppid == parent).then_some(pid)
         })
         .collect()
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind for a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 impl PgCluster {

@@ -9,15 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::ports::{free_port, free_ports};
 use super::{poll_until, TestPki};
-
-/// A free TCP port on 127.0.0.1 (bound and released; the server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// How the server is reached.
 #[derive(Clone)]
@@ -198,7 +191,7 @@ impl RedisCluster {
     /// Starts 3 cluster-enabled servers and joins them with `redis-cli --cluster create`.
     pub async fn start() -> RedisCluster {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for bus_port in free_ports::<3>() {
             let dir = tempfile::tempdir().expect("tempdir");
             let conf = dir.path().join("nodes.conf");
             let extra = vec![
@@ -207,7 +200,7 @@ impl RedisCluster {
                 "--cluster-config-file".into(),
                 conf.display().to_string(),
                 "--cluster-port".into(),
-                free_port().to_string(),
+                bus_port.to_string(),
             ];
             let mut node = RedisServer::start_with(Transport::Plain, extra).await;
             node.dir = dir;

@@ -1,25 +1,17 @@
 //! A scripted upstream ([`App`]) and the client helpers the session tests share.
 //!
-//! [`App`] is a plain HTTP/1.1 upstream driven by request headers: `x-reply: Name: value`
+//! [`App`] is the shared [`MockUpstream`] in [`Mode::Scripted`]: a plain HTTP/1.1
+//! upstream driven by request headers: `x-reply: Name: value`
 //! (repeatable) makes it answer with that response header, `x-reply-status: N` with
 //! that status, and its body lists every request header it received (`name: value`
 //! lines), so a client can see what the upstream saw even when requests run
 //! concurrently. [`Reply`] reads that listing and the proxy's `Set-Cookie`.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use reqwest::{Method, StatusCode};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
-use super::{Recorded, TestProxy};
+use super::config::{ProxyConfig, Route};
+use super::stores::Store;
+use super::{MockUpstream, Mode, Recorded, TestProxy};
 
 /// The default cookie name.
 pub const COOKIE: &str = "__Host-cloakroom";
@@ -28,106 +20,31 @@ pub const COOKIE: &str = "__Host-cloakroom";
 // Scripted upstream
 // ---------------------------------------------------------------------------------------
 
-/// A plain HTTP/1.1 upstream scripted by request headers (see the module docs).
-pub struct App {
-    pub addr: SocketAddr,
-    recorded: Arc<Mutex<Vec<Recorded>>>,
-    accept: JoinHandle<()>,
-}
+/// A [`MockUpstream`] in [`Mode::Scripted`] (see the module docs); derefs to it.
+pub struct App(MockUpstream);
 
-impl Drop for App {
-    fn drop(&mut self) {
-        self.accept.abort();
+impl std::ops::Deref for App {
+    type Target = MockUpstream;
+
+    fn deref(&self) -> &MockUpstream {
+        &self.0
     }
 }
 
 impl App {
     pub async fn start() -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let recorded = Arc::new(Mutex::new(Vec::new()));
-        let shared = recorded.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| app_handle(request, shared.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        App {
-            addr,
-            recorded,
-            accept,
-        }
+        App(MockUpstream::start_with("app", Mode::Scripted).await)
     }
 
-    pub fn server(&self) -> String {
-        self.addr.to_string()
-    }
-
+    /// Requests received so far.
     pub fn count(&self) -> usize {
-        self.recorded.lock().unwrap().len()
+        self.request_count()
     }
 
+    /// The most recent request; panics when there is none.
     pub fn last(&self) -> Recorded {
-        self.recorded
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("the upstream received no request")
+        self.last_request()
     }
-}
-
-pub async fn app_handle(
-    request: hyper::Request<Incoming>,
-    recorded: Arc<Mutex<Vec<Recorded>>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
-    let (parts, body) = request.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    recorded.lock().unwrap().push(Recorded {
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        version: parts.version,
-        headers: parts.headers.clone(),
-        body,
-    });
-    let mut listing = String::new();
-    for (name, value) in &parts.headers {
-        listing.push_str(name.as_str());
-        listing.push_str(": ");
-        listing.push_str(&String::from_utf8_lossy(value.as_bytes()));
-        listing.push('\n');
-    }
-    let mut response = hyper::Response::new(Full::new(Bytes::from(listing)));
-    if let Some(status) = parts
-        .headers
-        .get("x-reply-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u16>().ok())
-    {
-        *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    }
-    for reply in parts.headers.get_all("x-reply") {
-        let text = reply.to_str().unwrap();
-        let (name, value) = text.split_once(':').expect("x-reply: Name: value");
-        response.headers_mut().append(
-            http::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-            http::HeaderValue::from_str(value.trim()).unwrap(),
-        );
-    }
-    Ok(response)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -137,22 +54,12 @@ pub async fn app_handle(
 /// One upstream `app` at `server`, `[session]` with `session` keys, one `/` route with
 /// `route` keys, then `extra` (more sections or routes).
 pub fn config(server: &str, session: &str, route: &str, extra: &str) -> String {
-    format!(
-        r#"
-[session]
-{session}
-
-[upstreams.app]
-servers = ["{server}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-{route}
-
-{extra}
-"#
-    )
+    ProxyConfig::new()
+        .table("session", session)
+        .upstream("app", [server])
+        .route(Route::new("/", "app").keys(route))
+        .raw(extra)
+        .build()
 }
 
 pub async fn start(config: String) -> TestProxy {
@@ -163,6 +70,13 @@ pub async fn start(config: String) -> TestProxy {
 pub async fn default_proxy() -> (App, TestProxy) {
     let app = App::start().await;
     let proxy = start(config(&app.server(), "", "", "")).await;
+    (app, proxy)
+}
+
+/// A proxy with default sessions on `store` in front of a fresh [`App`].
+pub async fn default_proxy_on(store: &Store) -> (App, TestProxy) {
+    let app = App::start().await;
+    let proxy = store.start(config(&app.server(), "", "", "")).await;
     (app, proxy)
 }
 
