@@ -128,12 +128,7 @@ async fn metric(proxy: &TestProxy, name: &str) -> Option<f64> {
 /// An upgraded raw connection through the proxy to the mock upstream's echo.
 async fn raw_tunnel(proxy: &TestProxy) -> RawConn {
     let mut conn = proxy.raw().await;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        proxy.host()
-    );
-    conn.send(request.as_bytes()).await.unwrap();
+    conn.send_upgrade(&proxy.host(), "/ws").await.unwrap();
     let response = conn.read_response().await.unwrap();
     assert_eq!(response.status, 101, "{response:?}");
     conn
@@ -353,11 +348,9 @@ async fn the_binary_keeps_a_tunnel_through_sigterm_and_exits_0() {
     })
     .await;
     let mut conn = RawConn::connect(addr, "localhost", &pki, &[b"http/1.1"]).await;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: Upgrade\r\n\
-         Upgrade: websocket\r\n\r\n"
-    );
-    conn.send(request.as_bytes()).await.unwrap();
+    conn.send_upgrade(&format!("localhost:{port}"), "/ws")
+        .await
+        .unwrap();
     assert_eq!(conn.read_response().await.unwrap().status, 101);
     echo(&mut conn, b"before").await;
 

@@ -16,12 +16,7 @@ async fn websocket_upgrade_gets_101_and_bytes_echo_both_ways() {
     let proxy = TestProxy::in_front_of(&upstream).await;
 
     let mut conn = proxy.raw().await;
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        proxy.host()
-    );
-    conn.send(request.as_bytes()).await.unwrap();
+    conn.send_upgrade(&proxy.host(), "/ws").await.unwrap();
     let response = conn.read_response().await.unwrap();
     assert_eq!(response.status, 101, "{response:?}");
     assert_eq!(

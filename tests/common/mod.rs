@@ -897,6 +897,16 @@ pub struct RawConn {
 }
 
 impl RawConn {
+    /// Sends a WebSocket upgrade request for `path` (`Host: host`), the RFC 6455 §1.3
+    /// sample key.
+    pub async fn send_upgrade(&mut self, host: &str, path: &str) -> io::Result<()> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.send(request.as_bytes()).await
+    }
+
     /// Connects to `addr` with SNI `server_name`, trusting `pki`'s CA, offering `alpn`.
     pub async fn connect(
         addr: SocketAddr,
