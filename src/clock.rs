@@ -5,7 +5,7 @@
 //! without sleeping. A manual clock is the system clock plus an offset that only grows:
 //! time still passes on its own, and a jump forward is one atomic add.
 //!
-//! Reading it costs what `session::now_ms()` costs, plus one branch and, for a manual
+//! Reading it costs what [`unix_ms`] costs, plus one branch and, for a manual
 //! clock only, one relaxed atomic load: no dyn call, no lock, no allocation.
 //!
 //! This module imports nothing from the crate, so any layer may use it.
@@ -47,14 +47,21 @@ impl Clock {
     /// Unix milliseconds now, as this clock tells it.
     #[inline]
     pub fn now_ms(&self) -> u64 {
-        let system = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let system = unix_ms();
         match &self.offset {
             None => system,
             Some(offset) => system.saturating_add(offset.load(Ordering::Relaxed)),
         }
     }
+}
+
+/// Unix milliseconds now, from the system clock (what [`Clock::system`] reads; for
+/// code that holds no [`Clock`]: snapshots, store-level tools).
+#[inline]
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

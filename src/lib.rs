@@ -302,7 +302,7 @@ async fn sweep_sessions(state: Arc<AppState>, store: Arc<dyn session::Sweep>) {
             () = stop.wait() => return,
         }
         let expiry = state.runtime().expiry;
-        match store.sweep(session::now_ms(), expiry).await {
+        match store.sweep(state.clock.now_ms(), expiry).await {
             Ok(0) => {}
             Ok(removed) => {
                 state.metrics.session_ended("expired", removed as u64);

@@ -17,7 +17,7 @@ use crate::inject::percent_decode;
 use crate::metrics::StoreOp;
 use crate::proxy::ResponseBody;
 use crate::session::store::SessionInfo;
-use crate::session::{now_ms, PublicId, SessionBackend, StoreError};
+use crate::session::{PublicId, SessionBackend, StoreError};
 use crate::state::AppState;
 
 /// Runs an admin store call under the deadline; `Err` is the response to send.
@@ -104,7 +104,7 @@ pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody
         return not_kept();
     };
     let expiry = state.runtime().expiry;
-    match call(state, store.list_user(&user, now_ms(), expiry)).await {
+    match call(state, store.list_user(&user, state.clock.now_ms(), expiry)).await {
         Ok(sessions) => json(
             StatusCode::OK,
             &serde_json::Value::Array(sessions.iter().map(describe).collect()),

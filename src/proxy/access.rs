@@ -15,6 +15,7 @@ use http::{HeaderValue, Method, Request, Response, Uri};
 use super::body::ResponseBody;
 use super::error::{Blame, ProxyError};
 use crate::conn::ConnCtx;
+use crate::error_chain::display_chain;
 use crate::log::limit::Cause;
 use crate::session::{Identity, PublicId};
 use crate::state::Runtime;
@@ -67,8 +68,8 @@ impl AccessRecord {
             Blame::Upstream => {
                 // An outage fails every request: one line per route, server and kind of
                 // failure per second.
-                let kind = (std::mem::discriminant(error), error.status().as_u16());
-                let cause = Cause::of(&("upstream failure", self.route, &self.backend, kind));
+                let cause =
+                    Cause::of(&("upstream failure", self.route, &self.backend, error.kind()));
                 if let Some(suppressed) = crate::log::limit::admit(cause) {
                     tracing::warn!(
                         route = self.route,
@@ -131,19 +132,4 @@ pub(crate) fn logging(
 /// Milliseconds to the microsecond, as a number (JSON logs keep it numeric).
 pub(crate) fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1000.0
-}
-
-/// An error and its causes, `a: b: c`.
-fn display_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -171,9 +171,6 @@ impl Expiry {
     }
 }
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+/// Unix milliseconds now, from the system clock (the request path reads
+/// `AppState::clock` instead, which a test may move).
+pub use crate::clock::unix_ms as now_ms;
