@@ -175,7 +175,7 @@ check "both replicas healthy by their own HEALTHCHECK"
 for s in cloakroom-1 cloakroom-2; do
   c=$(id $s)
   [ "$(command docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$c")" = true ] || fail "$s root is writable"
-  uid=$(command docker top "$c" -eo uid | awk 'NR==2{print $1}')
+  uid=$(command docker top "$c" -o pid,uid | awk 'NR==2{print $2}')
   [ "$uid" = 65532 ] || fail "$s runs as uid $uid"
 done
 check "replicas run as uid 65532 on a read-only root filesystem"

@@ -402,7 +402,9 @@ fn the_container_configs_are_valid() {
             &TestPki::new().default_leaf("image"),
         );
         let shipped = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("container").join(name),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("container")
+                .join(name),
         )
         .unwrap();
         // Compose's service name does not resolve here; everything else is as shipped.

@@ -130,8 +130,8 @@ impl Validator<'_> {
                 None => first = Some(this),
                 Some(first) if *first != this => self.error(
                     &key,
-                    "differs from sentinels[0] in scheme, database, user or password; \
-                     they are the same on every sentinel (and used for the master too)",
+                    "differs from the sentinel URL before it in scheme, database, user or \
+                     password; they are the same on every sentinel (and used for the master too)",
                 ),
                 Some(_) => {}
             }
