@@ -226,6 +226,10 @@ command docker history --no-trunc --format '{{.CreatedBy}}' cloakroom | grep -iE
   | grep -v -e 'CLOAKROOM_CONFIG' && fail "a layer mentions a secret" || true
 check "docker history shows no secret"
 
+step "logs and metrics (README: container-ops)"
+docker compose up -d cloakroom-2 >/dev/null 2>&1
+run_block container-ops
+
 step "compose down (README: container-down)"
 run_block container-down
 
