@@ -35,6 +35,7 @@
 
 mod conn;
 mod keys;
+mod kv;
 mod sentinel;
 
 use std::time::Duration;
@@ -100,6 +101,8 @@ struct Scripts {
     touch: Script,
     destroy: Script,
     index: Script,
+    take: Script,
+    release: Script,
 }
 
 /// The Redis store.
@@ -136,6 +139,8 @@ impl RedisStore {
                 touch: Script::new(TOUCH),
                 destroy: Script::new(DESTROY),
                 index: Script::new(INDEX),
+                take: Script::new(kv::TAKE),
+                release: Script::new(kv::RELEASE),
             },
         })
     }
