@@ -40,6 +40,24 @@ check() {
   echo "container-test: ok: $*"
 }
 
+# Whatever this script started goes when it ends: the compose project, the single
+# container, the scratch folder, and dockerd if it was not running before. (Images stay:
+# they are the build cache of the next run.)
+work=""
+dockerd_pid=""
+cleanup() {
+  set +e
+  if [ -n "$work" ]; then
+    (cd "$work" && docker compose down --remove-orphans -t 5 >/dev/null 2>&1)
+    command docker rm -f cloakroom >/dev/null 2>&1
+    rm -rf "$work"
+  fi
+  if [ -n "$dockerd_pid" ]; then
+    kill "$dockerd_pid" 2>/dev/null && wait "$dockerd_pid" 2>/dev/null
+  fi
+}
+trap cleanup EXIT
+
 # --- 1. the engine -------------------------------------------------------------------
 step "tools and docker engine"
 need=()
@@ -58,6 +76,7 @@ if ! docker info >/dev/null 2>&1; then
   mkdir -p "$(dirname "$log")"
   echo "container-test: starting dockerd (log: $log)"
   nohup dockerd >"$log" 2>&1 &
+  dockerd_pid=$!
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     sleep 0.5
@@ -86,13 +105,6 @@ standin_redis || fail "no redis:7-alpine"
 
 # --- the README's commands, in a scratch copy ------------------------------------------
 work=$(mktemp -d /tmp/cloakroom-container-test.XXXXXX)
-cleanup() {
-  set +e
-  cd "$work" 2>/dev/null && docker compose down --remove-orphans -t 5 >/dev/null 2>&1
-  command docker rm -f cloakroom >/dev/null 2>&1
-  cd / && rm -rf "$work"
-}
-trap cleanup EXIT
 (cd "$repo" && tar -c Dockerfile compose.yaml .dockerignore Cargo.toml Cargo.lock src container) \
   | tar -C "$work" -x
 cd "$work"
