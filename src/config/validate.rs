@@ -132,7 +132,7 @@ impl Validator<'_> {
         let security = self.security(&raw);
         let raw_acme = raw.tls.as_mut().and_then(|tls| tls.acme.take());
         let listen = self.listen(raw.listen);
-        let mut tls = self.tls(raw.tls);
+        let mut tls = self.tls(raw.tls, raw_acme.is_some());
         let timeouts = self.timeouts(&raw.timeouts);
         let limits = self.limits(&raw.limits);
         let session = self.session(raw.session);

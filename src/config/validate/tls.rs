@@ -10,7 +10,7 @@ use super::checks::sni_hostname;
 use super::Validator;
 
 impl Validator<'_> {
-    pub(super) fn tls(&mut self, raw: Option<RawTls>) -> Option<TlsConfig> {
+    pub(super) fn tls(&mut self, raw: Option<RawTls>, acme: bool) -> Option<TlsConfig> {
         let Some(raw) = raw else {
             self.error(
                 "tls",
@@ -18,7 +18,6 @@ impl Validator<'_> {
             );
             return None;
         };
-        let acme = raw.acme.is_some();
         let (cert, key) = match (&raw.cert, &raw.key) {
             (Some(cert), Some(key)) => (
                 self.readable_file("tls.cert", cert).map(Some),

@@ -47,8 +47,13 @@ impl Challenges {
         params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
         let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let certified = CertifiedKey::from_der(vec![cert.der().clone()], der, &super::super::provider())
+        // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki,
+        // which refuses the critical acmeIdentifier extension it does not know.
+        let signing_key = super::super::provider()
+            .key_provider
+            .load_private_key(der)
             .map_err(|e| e.to_string())?;
+        let certified = CertifiedKey::new(vec![cert.der().clone()], signing_key);
         crate::lock(&self.tls_alpn).insert(name.to_owned(), Arc::new(certified));
         Ok(())
     }
