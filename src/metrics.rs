@@ -443,7 +443,9 @@ impl Metrics {
     /// Counts an ACME order that ended (`ok` true: a certificate was issued).
     pub fn acme_ordered(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.acme_orders.get_or_create(&ResultLabel { result }).inc();
+        self.acme_orders
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Records when the ACME certificate of `domains` expires (Unix seconds).

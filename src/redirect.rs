@@ -23,8 +23,8 @@ pub(crate) async fn serve(
     challenges: Arc<Challenges>,
 ) {
     let answer = move |request: Request<Incoming>| {
-        let response = acme_answer(&request, &challenges)
-            .unwrap_or_else(|| redirect(&request, https_port));
+        let response =
+            acme_answer(&request, &challenges).unwrap_or_else(|| redirect(&request, https_port));
         std::future::ready(response)
     };
     crate::plain_http::serve(listener, "http", answer, stop.wait()).await;

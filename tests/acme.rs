@@ -45,20 +45,73 @@ struct PebblePlan {
 /// Pebble's API certificate for localhost and its CA (`ca.pem`), by the openssl CLI.
 fn openssl_api_cert(dir: &Path) {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-subj", "/CN=acme test CA", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]].concat());
-    run(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "api.key", "-out", "api.csr"]].concat());
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=acme test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "api.key",
+            "-out",
+            "api.csr",
+        ],
+    ]
+    .concat());
     std::fs::write(
         dir.join("ext"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
     run(&[
-        "x509", "-req", "-in", "api.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-days", "2", "-extfile", "ext", "-out", "api.pem",
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+        "-out",
+        "api.pem",
     ]);
 }
 
@@ -87,7 +140,13 @@ impl PebblePlan {
 
     /// Starts Pebble validating on `http_port`/`tls_port`; `env` adds settings
     /// (`PEBBLE_WFE_NONCEREJECT`...); `validity` is the certificates' life in seconds.
-    async fn start(self, http_port: u16, tls_port: u16, env: &[(&str, &str)], validity: u64) -> Pebble {
+    async fn start(
+        self,
+        http_port: u16,
+        tls_port: u16,
+        env: &[(&str, &str)],
+        validity: u64,
+    ) -> Pebble {
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": self.api.to_string(),
@@ -104,8 +163,22 @@ impl PebblePlan {
         let config_path = self.dir.path().join("pebble.json");
         std::fs::write(&config_path, config.to_string()).unwrap();
         let dns = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &self.dns.to_string(), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &self.dns_mgmt.to_string(), "-defaultIPv6", ""])
+            .args([
+                "-dns01",
+                &self.dns.to_string(),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &self.dns_mgmt.to_string(),
+                "-defaultIPv6",
+                "",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,7 +218,9 @@ impl Pebble {
     async fn root(&self) -> CertificateDer<'static> {
         use rustls::pki_types::pem::PemObject;
         let ca = CertificateDer::from_pem_file(self.dir.path().join("ca.pem")).unwrap();
-        let (_, mut tls) = connect(self.mgmt, "localhost", &ca).await.expect("pebble management");
+        let (_, mut tls) = connect(self.mgmt, "localhost", &ca)
+            .await
+            .expect("pebble management");
         tls.write_all(b"GET /roots/0 HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
@@ -173,7 +248,8 @@ impl Pebble {
 impl Drop for Pebble {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("pebble.log")).unwrap_or_default();
             eprintln!("pebble log:\n{log}");
         }
         self.stop();
@@ -235,7 +311,10 @@ async fn wait_for_chain(
         if let Some(chain) = verified_chain(addr, name, root).await {
             return chain;
         }
-        assert!(Instant::now() < deadline, "no certificate for {name} within {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no certificate for {name} within {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -275,12 +354,30 @@ async fn tls_alpn_01_issues_a_full_chain_then_a_restart_serves_the_cache_with_th
     let (directory, ca) = (plan.directory(), plan.ca());
     let mut pebble = plan.start(1, proxy.https_addr.port(), &[], 3600).await;
     let root = pebble.root().await;
-    assert!(verified_chain(proxy.https_addr, "app.example.com", &root).await.is_none());
+    assert!(verified_chain(proxy.https_addr, "app.example.com", &root)
+        .await
+        .is_none());
     let up = Instant::now();
-    let chain = wait_for_chain(proxy.https_addr, "app.example.com", &root, Duration::from_secs(60)).await;
+    let chain = wait_for_chain(
+        proxy.https_addr,
+        "app.example.com",
+        &root,
+        Duration::from_secs(60),
+    )
+    .await;
     eprintln!("first certificate {:?} after the CA came up", up.elapsed());
-    assert!(chain.len() >= 2, "the full chain (leaf and intermediate) is served: {}", chain.len());
-    let www = wait_for_chain(proxy.https_addr, "www.example.com", &root, Duration::from_secs(5)).await;
+    assert!(
+        chain.len() >= 2,
+        "the full chain (leaf and intermediate) is served: {}",
+        chain.len()
+    );
+    let www = wait_for_chain(
+        proxy.https_addr,
+        "www.example.com",
+        &root,
+        Duration::from_secs(5),
+    )
+    .await;
     assert_eq!(www[0], chain[0], "one certificate for both names");
     // Normal clients still get HTTP.
     let response = proxy.client().get(proxy.url("/")).send().await.unwrap();
@@ -288,7 +385,10 @@ async fn tls_alpn_01_issues_a_full_chain_then_a_restart_serves_the_cache_with_th
 
     // The cache: account and bundle, 0600.
     use std::os::unix::fs::PermissionsExt;
-    let files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 2, "{files:?}");
     for file in &files {
         let mode = std::fs::metadata(file).unwrap().permissions().mode() & 0o777;
@@ -300,7 +400,11 @@ async fn tls_alpn_01_issues_a_full_chain_then_a_restart_serves_the_cache_with_th
     drop(proxy);
     pebble.stop();
     let again = TestProxy::builder()
-        .config(body(&upstream, &acme_table_for(&directory, &ca, cache.path(), ""), ""))
+        .config(body(
+            &upstream,
+            &acme_table_for(&directory, &ca, cache.path(), ""),
+            "",
+        ))
         .start()
         .await;
     let cached = verified_chain(again.https_addr, "app.example.com", &root)
@@ -316,7 +420,12 @@ async fn http_01_issues_even_when_the_ca_rejects_30_percent_of_nonces() {
     let cache = tempfile::tempdir().unwrap();
     let proxy = TestProxy::builder()
         .http_listener()
-        .config(body(&upstream, &acme_table(&plan, cache.path(), "challenge = \"http-01\""), ""))
+        .listen("http = \"127.0.0.1:1\"")
+        .config(body(
+            &upstream,
+            &acme_table(&plan, cache.path(), "challenge = \"http-01\""),
+            "",
+        ))
         .start()
         .await;
     let http_port = proxy.http_addr.unwrap().port();
@@ -325,8 +434,17 @@ async fn http_01_issues_even_when_the_ca_rejects_30_percent_of_nonces() {
         .await;
     let root = pebble.root().await;
     let up = Instant::now();
-    let chain = wait_for_chain(proxy.https_addr, "app.example.com", &root, Duration::from_secs(90)).await;
-    eprintln!("first certificate (http-01, 30% bad nonces) {:?} after the CA came up", up.elapsed());
+    let chain = wait_for_chain(
+        proxy.https_addr,
+        "app.example.com",
+        &root,
+        Duration::from_secs(90),
+    )
+    .await;
+    eprintln!(
+        "first certificate (http-01, 30% bad nonces) {:?} after the CA came up",
+        up.elapsed()
+    );
     assert!(chain.len() >= 2);
 }
 
@@ -337,19 +455,37 @@ async fn renewal_within_renew_before_swaps_without_dropping_an_open_connection()
     let cache = tempfile::tempdir().unwrap();
     // Certificates live 40 s; renewal is due 30 s (minus up to 3 s jitter) before expiry.
     let proxy = TestProxy::builder()
-        .config(body(&upstream, &acme_table(&plan, cache.path(), "renew_before = \"30s\""), ""))
+        .config(body(
+            &upstream,
+            &acme_table(&plan, cache.path(), "renew_before = \"30s\""),
+            "",
+        ))
         .start()
         .await;
     let pebble = plan.start(1, proxy.https_addr.port(), &[], 40).await;
     let root = pebble.root().await;
-    let first = wait_for_chain(proxy.https_addr, "app.example.com", &root, Duration::from_secs(60)).await;
-    let (_, mut open) = connect(proxy.https_addr, "app.example.com", &root).await.unwrap();
+    let first = wait_for_chain(
+        proxy.https_addr,
+        "app.example.com",
+        &root,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (_, mut open) = connect(proxy.https_addr, "app.example.com", &root)
+        .await
+        .unwrap();
     let request = b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
     open.write_all(request).await.unwrap();
     read_head(&mut open).await;
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let now = wait_for_chain(proxy.https_addr, "app.example.com", &root, Duration::from_secs(20)).await;
+        let now = wait_for_chain(
+            proxy.https_addr,
+            "app.example.com",
+            &root,
+            Duration::from_secs(20),
+        )
+        .await;
         if now[0] != first[0] {
             break;
         }
@@ -383,19 +519,39 @@ async fn two_instances_sharing_redis_order_once() {
     );
     let (cache_a, cache_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = TestProxy::builder()
-        .config(body(&upstream, &acme_table(&plan, cache_a.path(), ""), &session))
+        .config(body(
+            &upstream,
+            &acme_table(&plan, cache_a.path(), ""),
+            &session,
+        ))
         .start()
         .await;
     let b = TestProxy::builder()
-        .config(body(&upstream, &acme_table(&plan, cache_b.path(), ""), &session))
+        .config(body(
+            &upstream,
+            &acme_table(&plan, cache_b.path(), ""),
+            &session,
+        ))
         .start()
         .await;
     // Pebble validates on A's port; B must not order (it would fail validation there).
     let pebble = plan.start(1, a.https_addr.port(), &[], 3600).await;
     let root = pebble.root().await;
-    let from_a = wait_for_chain(a.https_addr, "app.example.com", &root, Duration::from_secs(60)).await;
+    let from_a = wait_for_chain(
+        a.https_addr,
+        "app.example.com",
+        &root,
+        Duration::from_secs(60),
+    )
+    .await;
     // B looks in the store every 2 s while A holds the lock, then every 60 s.
-    let from_b = wait_for_chain(b.https_addr, "app.example.com", &root, Duration::from_secs(70)).await;
+    let from_b = wait_for_chain(
+        b.https_addr,
+        "app.example.com",
+        &root,
+        Duration::from_secs(70),
+    )
+    .await;
     assert_eq!(from_a[0], from_b[0], "one certificate, shared");
     assert_eq!(pebble.issued(), 1);
 }
@@ -406,12 +562,27 @@ fn check_refuses_bad_acme_tables() {
     let base = "[listen]\nhttps = \"127.0.0.1:8443\"\n\n[upstreams.app]\nservers = [\"127.0.0.1:9001\"]\n\n\
                 [[routes]]\npath = \"/\"\nupstream = \"app\"\n";
     let cases = [
-        ("[tls.acme]\nchallenge = \"dns-01\"\ndomains = [\"a.example.com\"]\n", "tls.acme.challenge"),
-        ("[tls.acme]\nchallenge = \"http-01\"\ndomains = [\"a.example.com\"]\n", "tls.acme.challenge"),
+        (
+            "[tls.acme]\nchallenge = \"dns-01\"\ndomains = [\"a.example.com\"]\n",
+            "tls.acme.challenge",
+        ),
+        (
+            "[tls.acme]\nchallenge = \"http-01\"\ndomains = [\"a.example.com\"]\n",
+            "tls.acme.challenge",
+        ),
         ("[tls.acme]\n", "tls.acme.domains"),
-        ("[tls.acme]\ndomains = [\"a.example.com\"]\ncache = \"/proc/nope\"\n", "tls.acme.cache"),
-        ("[tls.acme]\ndomains = [\"a.example.com\"]\nca = \"missing.pem\"\n", "tls.acme.ca"),
-        ("[tls.acme]\ndomains = [\"a.example.com\"]\nrenew_before = \"soon\"\n", "tls.acme.renew_before"),
+        (
+            "[tls.acme]\ndomains = [\"a.example.com\"]\ncache = \"/proc/nope\"\n",
+            "tls.acme.cache",
+        ),
+        (
+            "[tls.acme]\ndomains = [\"a.example.com\"]\nca = \"missing.pem\"\n",
+            "tls.acme.ca",
+        ),
+        (
+            "[tls.acme]\ndomains = [\"a.example.com\"]\nrenew_before = \"soon\"\n",
+            "tls.acme.renew_before",
+        ),
     ];
     for (table, key) in cases {
         let path = dir.path().join("proxy.toml");
@@ -422,7 +593,8 @@ fn check_refuses_bad_acme_tables() {
             .arg(&path)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(2), "{table}: {stderr}");
         assert!(stderr.contains(&format!("proxy.toml:")), "{stderr}");
         assert!(stderr.contains(key), "{table}: {stderr}");
@@ -430,8 +602,21 @@ fn check_refuses_bad_acme_tables() {
     // A good table with domains from the exact route hosts passes.
     let path = dir.path().join("proxy.toml");
     let good = base.replace("path = \"/\"", "host = \"app.example.com\"\npath = \"/\"");
-    std::fs::write(&path, format!("{good}\n[tls]\n[tls.acme]\ncache = \"acme\"\n")).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &path,
+        format!("{good}\n[tls]\n[tls.acme]\ncache = \"acme\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(dir.path().join("acme").is_dir());
 }

@@ -169,8 +169,13 @@ impl Manager {
         if !self.kv.shared() {
             return;
         }
-        let Ok(Some(bytes)) = self.kv.get(&self.names.bundle_key).await else {
-            return;
+        let bytes = match self.kv.get(&self.names.bundle_key).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "acme: cannot read the shared certificate from the store");
+                return;
+            }
         };
         let Ok(pem) = String::from_utf8(bytes) else {
             return;
@@ -246,7 +251,9 @@ impl Manager {
         self.save_file(&bundle).await;
         if self.kv.shared() {
             let ttl = Duration::from_secs(
-                u64::try_from(bundle.not_after - now_s()).unwrap_or(0).max(60),
+                u64::try_from(bundle.not_after - now_s())
+                    .unwrap_or(0)
+                    .max(60),
             );
             if let Err(error) = self
                 .kv
@@ -275,7 +282,20 @@ impl Manager {
             .install_acme(&self.config.domains, bundle.key.clone());
         self.metrics
             .acme_expires(&self.config.domains, bundle.not_after);
-        let renew_before = i64::try_from(self.config.renew_before.as_secs()).unwrap_or(i64::MAX);
+        let mut renew_before =
+            i64::try_from(self.config.renew_before.as_secs()).unwrap_or(i64::MAX);
+        let lifetime = bundle.not_after - bundle.not_before;
+        if renew_before >= lifetime {
+            // A CA issuing shorter lives than renew_before would be asked again at once,
+            // forever: renew when two thirds of the life are gone instead.
+            tracing::warn!(
+                renew_before = ?self.config.renew_before,
+                lifetime_s = lifetime,
+                "acme: the certificate lives less than tls.acme.renew_before; renewing after \
+                 two thirds of its life"
+            );
+            renew_before = (lifetime / 3).max(0);
+        }
         let jitter_span = (renew_before / 8).clamp(0, 3600);
         let jitter = match crate::random::random_bytes::<8>() {
             Ok(b) if jitter_span > 0 => {

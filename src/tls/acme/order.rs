@@ -52,7 +52,10 @@ impl From<instant_acme::Error> for AcmeError {
 }
 
 fn describe(problem: &instant_acme::Problem) -> String {
-    let status = problem.status.map(|s| format!("HTTP {s} ")).unwrap_or_default();
+    let status = problem
+        .status
+        .map(|s| format!("HTTP {s} "))
+        .unwrap_or_default();
     format!("{status}{problem}")
 }
 

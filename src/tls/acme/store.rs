@@ -19,7 +19,8 @@ use crate::config::AcmeConfig;
 pub(super) struct Bundle {
     pub(super) pem: String,
     pub(super) key: Arc<CertifiedKey>,
-    /// The leaf's notAfter, Unix seconds.
+    /// The leaf's notBefore and notAfter, Unix seconds.
+    pub(super) not_before: i64,
     pub(super) not_after: i64,
 }
 
@@ -30,12 +31,10 @@ impl Bundle {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("bad certificate PEM: {e}"))?;
         let leaf = chain.first().ok_or("no certificate in the bundle")?;
-        let not_after = x509_parser::parse_x509_certificate(leaf)
-            .map_err(|e| format!("bad leaf certificate: {e}"))?
-            .1
-            .validity()
-            .not_after
-            .timestamp();
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+            .map_err(|e| format!("bad leaf certificate: {e}"))?;
+        let not_before = parsed.validity().not_before.timestamp();
+        let not_after = parsed.validity().not_after.timestamp();
         let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| format!("bad private key PEM: {e}"))?;
         let key = CertifiedKey::from_der(chain, der, &super::super::provider())
@@ -43,6 +42,7 @@ impl Bundle {
         Ok(Bundle {
             pem,
             key: Arc::new(key),
+            not_before,
             not_after,
         })
     }
