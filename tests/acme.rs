@@ -596,7 +596,7 @@ fn check_refuses_bad_acme_tables() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string()
             + &String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(2), "{table}: {stderr}");
-        assert!(stderr.contains(&format!("proxy.toml:")), "{stderr}");
+        assert!(stderr.contains("proxy.toml:"), "{stderr}");
         assert!(stderr.contains(key), "{table}: {stderr}");
     }
     // A good table with domains from the exact route hosts passes.
