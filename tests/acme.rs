@@ -346,6 +346,7 @@ async fn tls_alpn_01_issues_a_full_chain_then_a_restart_serves_the_cache_with_th
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
     let proxy = TestProxy::builder()
+        .admin_listener()
         .config(body(&upstream, &acme_table(&plan, cache.path(), ""), ""))
         .start()
         .await;
@@ -395,6 +396,26 @@ async fn tls_alpn_01_issues_a_full_chain_then_a_restart_serves_the_cache_with_th
         assert_eq!(mode, 0o600, "{}", file.display());
     }
     assert_eq!(pebble.issued(), 1);
+    let metrics = reqwest::get(format!("http://{}/metrics", proxy.admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cloakroom_acme_orders_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cloakroom_acme_orders_total{result=\"failed\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "cloakroom_acme_certificate_expiry_timestamp_seconds{domain=\"www.example.com\"}"
+        ),
+        "{metrics}"
+    );
 
     // Restart with the CA stopped: the cached certificate is served at once.
     drop(proxy);
