@@ -641,3 +641,47 @@ fn check_refuses_bad_acme_tables() {
     );
     assert!(dir.path().join("acme").is_dir());
 }
+
+/// Without `tls.cert` and with the CA unreachable: the proxy runs, a handshake for the
+/// name fails cleanly, and the log says why.
+#[tokio::test]
+async fn without_a_certificate_yet_handshakes_fail_and_the_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let [https, ca_port] = free_ports::<2>();
+    let config = format!(
+        "[listen]\nhttps = \"127.0.0.1:{https}\"\n\n[tls]\n[tls.acme]\n\
+         directory = \"https://127.0.0.1:{ca_port}/dir\"\ndomains = [\"app.example.com\"]\n\n\
+         [upstreams.app]\nservers = [\"127.0.0.1:9\"]\n\n[[routes]]\npath = \"/\"\nupstream = \"app\"\nsession = false\n"
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let log = dir.path().join("log");
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], https));
+    common::poll_until(Duration::from_secs(10), "the proxy listens", || async {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    // Any root: the handshake must fail before verification matters.
+    let self_signed = rcgen::generate_simple_self_signed(vec!["x".to_owned()]).unwrap();
+    let root = self_signed.cert.der().clone();
+    assert!(connect(addr, "app.example.com", &root).await.is_none());
+    common::poll_until(Duration::from_secs(10), "the log says why", || async {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("no certificate for this name yet")
+            && text.contains("the CA could not be reached")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the proxy keeps running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
