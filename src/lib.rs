@@ -158,7 +158,24 @@ pub async fn run(
     let max_header_bytes = config.limits.max_header_bytes;
     let opened = session::store::open(&config.session).await?;
     let state = AppState::new(config, certs, opened.sessions.clone(), commands.1.clone())?;
-    let tls = TlsAcceptor::from(tls::server_config(state.certs.clone())?);
+    let acme = state.runtime().config.tls.acme.clone();
+    let tls_alpn = acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == config::AcmeChallenge::TlsAlpn01);
+    let tls = TlsAcceptor::from(tls::server_config(state.certs.clone(), tls_alpn)?);
+    // ACME: the cached certificate is served before the listeners start.
+    let acme = match acme {
+        Some(acme) => Some(
+            tls::acme::Manager::start(
+                acme,
+                state.certs.clone(),
+                opened.sessions.kv.clone(),
+                state.metrics.clone(),
+            )
+            .await,
+        ),
+        None => None,
+    };
     let cut = Arc::new(shutdown::Signal::default());
     let open = state.metrics.open_connections.clone();
     let https_port = listeners
@@ -193,7 +210,13 @@ pub async fn run(
     let mut admin_loop = JoinSet::new();
     let admin_stop = Arc::new(shutdown::Signal::default());
     if let Some(http) = listeners.http {
-        accept_loops.spawn(redirect::serve(http, https_port, state.stop.clone()));
+        let challenges = state.certs.challenges().clone();
+        accept_loops.spawn(redirect::serve(
+            http,
+            https_port,
+            state.stop.clone(),
+            challenges,
+        ));
     }
     if let Some(admin) = listeners.admin {
         // The admin listener outlives the drain, so probes see /readyz fail meanwhile.
@@ -201,6 +224,9 @@ pub async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
+    if let Some(acme) = acme {
+        background.spawn(acme.run(state.stop.clone()));
+    }
     if let Some(sweep) = state.sweep.clone() {
         background.spawn(sweep_sessions(state.clone(), sweep));
     }

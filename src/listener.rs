@@ -398,7 +398,12 @@ async fn serve_connection(
             return;
         }
     };
+    // ACME tls-alpn-01: the validator only checks the certificate (RFC 8737 §3).
+    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::acme::ACME_TLS_ALPN) {
+        return;
+    }
     let (io, ctx, h2) = prepare(stream, peer, &state, &timeouts, hold);
+
     // The request future is boxed too: it is large (about 9 KB), hyper keeps a
     // `Box<Option<future>>` per HTTP/1 connection (5.3 KB more RSS per idle connection
     // unboxed), and HTTP/2 moves it into a spawned task (a memcpy each time).

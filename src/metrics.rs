@@ -197,6 +197,16 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Pre-resolved store handles, by operation.
     pub store: StoreMetrics,
+    /// ACME orders, by result (`ok`, `failed`).
+    pub acme_orders: Family<ResultLabel, Counter>,
+    /// Expiry (Unix seconds) of each ACME certificate, by domain.
+    pub acme_expiry: Family<DomainLabel, Gauge>,
+}
+
+/// `domain` of the ACME certificate expiry gauge.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DomainLabel {
+    pub domain: String,
 }
 
 /// The session store operations that are timed.
@@ -283,6 +293,8 @@ impl Metrics {
             store_errors: Family::default(),
             reloads: Family::default(),
             store: StoreMetrics::default(),
+            acme_orders: Family::default(),
+            acme_expiry: Family::default(),
         };
         let store = StoreMetrics {
             ops: StoreOp::ALL
@@ -385,6 +397,16 @@ impl Metrics {
             "Configuration reloads, by result (ok, failed)",
             m.reloads.clone(),
         );
+        r.register(
+            "acme_orders",
+            "ACME certificate orders, by result (ok, failed)",
+            m.acme_orders.clone(),
+        );
+        r.register(
+            "acme_certificate_expiry_timestamp_seconds",
+            "When each ACME certificate expires (Unix time), by domain",
+            m.acme_expiry.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -416,6 +438,25 @@ impl Metrics {
     /// Counts a request the proxy refused itself.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts an ACME order that ended (`ok` true: a certificate was issued).
+    pub fn acme_ordered(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.acme_orders
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Records when the ACME certificate of `domains` expires (Unix seconds).
+    pub fn acme_expires(&self, domains: &[String], not_after: i64) {
+        for domain in domains {
+            self.acme_expiry
+                .get_or_create(&DomainLabel {
+                    domain: domain.clone(),
+                })
+                .set(not_after);
+        }
     }
 
     /// Counts a config reload.

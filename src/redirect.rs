@@ -1,5 +1,7 @@
 //! The optional plain-HTTP listener: every request gets `308 Permanent Redirect` to the
 //! same host and path on the https listener. Nothing is proxied over plain HTTP.
+//! The one exception: ACME http-01 validations, `GET /.well-known/acme-challenge/{token}`
+//! for a token of an order in progress, are answered with its key authorization.
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -8,15 +10,39 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::shutdown::Signal;
+use crate::tls::acme::{Challenges, HTTP_01_PREFIX};
 
 use crate::proxy::ResponseBody;
 use crate::router::normalize_host;
 
 /// Serves redirects on `listener` to the https port `https_port` until `stop` is raised.
-pub(crate) async fn serve(listener: TcpListener, https_port: u16, stop: Arc<Signal>) {
-    let answer =
-        move |request: Request<Incoming>| std::future::ready(redirect(&request, https_port));
+pub(crate) async fn serve(
+    listener: TcpListener,
+    https_port: u16,
+    stop: Arc<Signal>,
+    challenges: Arc<Challenges>,
+) {
+    let answer = move |request: Request<Incoming>| {
+        let response =
+            acme_answer(&request, &challenges).unwrap_or_else(|| redirect(&request, https_port));
+        std::future::ready(response)
+    };
     crate::plain_http::serve(listener, "http", answer, stop.wait()).await;
+}
+
+/// The http-01 key authorization for a pending token (RFC 8555 §8.3).
+fn acme_answer(
+    request: &Request<Incoming>,
+    challenges: &Challenges,
+) -> Option<Response<ResponseBody>> {
+    let token = request.uri().path().strip_prefix(HTTP_01_PREFIX)?;
+    let key_authorization = challenges.http(token)?;
+    let mut response = Response::new(ResponseBody::full(key_authorization));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(response)
 }
 
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {

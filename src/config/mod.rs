@@ -91,9 +91,38 @@ pub struct CertPaths {
 /// `[tls]` and `[[tls.sni]]`
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    pub default: CertPaths,
+    /// `tls.cert`/`tls.key`; optional with `[tls.acme]`.
+    pub default: Option<CertPaths>,
+    /// `[tls.acme]`: certificates obtained from an ACME CA.
+    pub acme: Option<AcmeConfig>,
     /// Lower-cased hostnames (exact, or `*.example.com`) with their certificates.
     pub sni: Vec<SniConfig>,
+}
+
+/// `[tls.acme]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The directory URL of the CA.
+    pub directory: String,
+    /// The account's contact (`mailto:` is added); empty = none.
+    pub email: String,
+    /// Lower-case names certified together in one certificate.
+    pub domains: Vec<String>,
+    pub challenge: AcmeChallenge,
+    /// Folder of the account key, certificates and keys (absolute).
+    pub cache: PathBuf,
+    /// A PEM root trusted for the directory instead of the public roots (test CAs).
+    pub ca: Option<PathBuf>,
+    pub renew_before: Duration,
+}
+
+/// `tls.acme.challenge`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on the https listener (ALPN `acme-tls/1`).
+    TlsAlpn01,
+    /// Answered on `listen.http` at `/.well-known/acme-challenge/{token}`.
+    Http01,
 }
 
 /// One `[[tls.sni]]` entry.

@@ -14,8 +14,10 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+mod acme;
 mod session;
 
+pub(super) use acme::RawAcme;
 pub(super) use session::{RawAnomaly, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore};
 
 /// The whole file.
@@ -86,8 +88,13 @@ fn default_https() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
-    pub(super) cert: String,
-    pub(super) key: String,
+    /// Required unless `[tls.acme]` is there.
+    #[serde(default)]
+    pub(super) cert: Option<String>,
+    #[serde(default)]
+    pub(super) key: Option<String>,
+    #[serde(default)]
+    pub(super) acme: Option<RawAcme>,
     #[serde(default)]
     pub(super) sni: Vec<RawSni>,
     /// `Strict-Transport-Security` value; `""` = off.

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, ConfigError, LogFormat, StoreKind};
+use super::{AcmeConfig, Config, ConfigError, LogFormat, StoreKind};
 
 /// Every key that needs a restart, as the proxy started with it.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +41,8 @@ pub struct RestartOnly {
     pub persist_interval: Duration,
     /// `log.format`: the log writer is set up before the config is served.
     pub log_format: LogFormat,
+    /// `[tls.acme]`: the ordering task and the ALPN list are set up once.
+    pub acme: Option<AcmeConfig>,
 }
 
 impl RestartOnly {
@@ -58,6 +60,7 @@ impl RestartOnly {
             persist: config.session.persist.clone(),
             persist_interval: config.session.persist_interval,
             log_format: config.log.format,
+            acme: config.tls.acme.clone(),
         }
     }
 
@@ -80,6 +83,7 @@ impl RestartOnly {
             persist,
             persist_interval,
             log_format,
+            acme,
         } = self;
         let mut changed: Vec<(&'static str, String)> = Vec::new();
         let mut compare = |key: &'static str, same: bool, values: &dyn Fn() -> String| {
@@ -87,6 +91,9 @@ impl RestartOnly {
                 changed.push((key, values()));
             }
         };
+        compare("tls.acme", *acme == new.acme, &|| {
+            "the [tls.acme] table changed".to_owned()
+        });
         compare("listen.https", *https == new.https, &|| {
             from_to(https, &new.https)
         });

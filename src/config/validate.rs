@@ -16,6 +16,7 @@
 //! certificate/key files are checked to exist and be readable (not parsed: that is the
 //! TLS module's job). Nothing else touches the outside world.
 
+mod acme;
 mod admin;
 mod checks;
 mod headers;
@@ -127,10 +128,11 @@ impl Validator<'_> {
         result.map_err(|message| self.error(key, message)).ok()
     }
 
-    fn config(&mut self, raw: RawConfig, text: &str) -> Option<Config> {
+    fn config(&mut self, mut raw: RawConfig, text: &str) -> Option<Config> {
         let security = self.security(&raw);
+        let raw_acme = raw.tls.as_mut().and_then(|tls| tls.acme.take());
         let listen = self.listen(raw.listen);
-        let tls = self.tls(raw.tls);
+        let mut tls = self.tls(raw.tls, raw_acme.is_some());
         let timeouts = self.timeouts(&raw.timeouts);
         let limits = self.limits(&raw.limits);
         let session = self.session(raw.session);
@@ -141,6 +143,12 @@ impl Validator<'_> {
         }
         let upstreams = self.upstreams(raw.upstreams.0);
         let routes = self.routes(raw.routes, &upstreams);
+        if let Some(raw_acme) = raw_acme {
+            let acme = self.acme(raw_acme, listen.as_ref(), routes.as_deref());
+            if let Some(tls) = &mut tls {
+                tls.acme = acme;
+            }
+        }
         Some(Config {
             source: self.file.to_path_buf(),
             text: SourceText::new(text),

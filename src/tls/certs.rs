@@ -17,7 +17,8 @@ use crate::config::{CertPaths, TlsConfig};
 /// Certificates by SNI: exact names, `*.suffix` wildcards, and the default.
 #[derive(Debug)]
 pub struct CertTable {
-    pub(crate) default: Arc<CertifiedKey>,
+    /// `tls.cert`/`tls.key`; absent when `[tls.acme]` provides every certificate.
+    pub(crate) default: Option<Arc<CertifiedKey>>,
     /// Lower-case exact hostnames.
     pub(crate) exact: HashMap<String, Arc<CertifiedKey>>,
     /// `(".example.com", key)`, longest suffix first.
@@ -25,17 +26,17 @@ pub struct CertTable {
 }
 
 impl CertTable {
-    /// The certificate for `sni` (already lower-case), or the default.
-    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    /// The certificate for `sni` (already lower-case), or the default (if any).
+    pub fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         if let Some(name) = sni {
             if let Some(key) = self.exact.get(name) {
-                return key.clone();
+                return Some(key.clone());
             }
             for (suffix, key) in &self.wildcard {
                 // `*.example.com` covers exactly one more label.
                 if let Some(head) = name.strip_suffix(suffix.as_str()) {
                     if !head.is_empty() && !head.contains('.') {
-                        return key.clone();
+                        return Some(key.clone());
                     }
                 }
             }
@@ -47,7 +48,10 @@ impl CertTable {
 /// Loads every certificate the config names. Blocking file IO.
 pub fn load_cert_table(tls: &TlsConfig) -> Result<CertTable, TlsError> {
     let provider = super::provider();
-    let default = load_pair(&provider, &tls.default, "tls")?;
+    let default = match &tls.default {
+        Some(paths) => Some(load_pair(&provider, paths, "tls")?),
+        None => None,
+    };
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
     for (i, sni) in tls.sni.iter().enumerate() {

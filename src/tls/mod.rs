@@ -5,6 +5,7 @@
 //! Protocol versions are TLS 1.2 and 1.3 only; ALPN offers `h2` then `http/1.1`.
 //! Loading PEM files reads the disk: call it at start-up or from `spawn_blocking`.
 
+pub(crate) mod acme;
 mod certs;
 mod resolver;
 
@@ -58,12 +59,21 @@ pub fn provider() -> rustls::crypto::CryptoProvider {
 /// default provider is an AEAD (AES-GCM, ChaCha20-Poly1305) with ECDHE key exchange
 /// under TLS 1.2 (pinned by a unit test); CBC, RSA key exchange and TLS < 1.2 are never
 /// offered.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+///
+/// With `acme` (a `[tls.acme]` table answered by tls-alpn-01), `acme-tls/1` is accepted
+/// after `h2` and `http/1.1`: only an ACME validator offers it, and alone (RFC 8737).
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    acme: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        config.alpn_protocols.push(acme::ACME_TLS_ALPN.to_vec());
+    }
     // Session resumption with tickets keeps reconnecting browsers cheap.
     if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
         config.ticketer = ticketer;

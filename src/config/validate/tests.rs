@@ -418,8 +418,9 @@ fn relative_cert_paths_resolve_against_config_folder() {
     let text = with("[[tls.sni]]\nhostname = \"*.Example.com\"\ncert = \"certs/app.pem\"\nkey = \"certs/app.key\"");
     let c = f.ok(&text);
     let base = std::path::absolute(f.dir.path()).unwrap();
-    assert_eq!(c.tls.default.cert, base.join("certs/cert.pem"));
-    assert_eq!(c.tls.default.key, base.join("certs/key.pem"));
+    let default = c.tls.default.clone().unwrap();
+    assert_eq!(default.cert, base.join("certs/cert.pem"));
+    assert_eq!(default.key, base.join("certs/key.pem"));
     assert_eq!(c.tls.sni[0].hostname, "*.example.com");
     assert_eq!(c.tls.sni[0].certs.key, base.join("certs/app.key"));
 }

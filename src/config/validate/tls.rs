@@ -10,7 +10,7 @@ use super::checks::sni_hostname;
 use super::Validator;
 
 impl Validator<'_> {
-    pub(super) fn tls(&mut self, raw: Option<RawTls>) -> Option<TlsConfig> {
+    pub(super) fn tls(&mut self, raw: Option<RawTls>, acme: bool) -> Option<TlsConfig> {
         let Some(raw) = raw else {
             self.error(
                 "tls",
@@ -18,8 +18,27 @@ impl Validator<'_> {
             );
             return None;
         };
-        let cert = self.readable_file("tls.cert", &raw.cert);
-        let key = self.readable_file("tls.key", &raw.key);
+        let (cert, key) = match (&raw.cert, &raw.key) {
+            (Some(cert), Some(key)) => (
+                self.readable_file("tls.cert", cert).map(Some),
+                self.readable_file("tls.key", key).map(Some),
+            ),
+            (None, None) if acme => (Some(None), Some(None)),
+            (None, _) => {
+                self.error(
+                    "tls.cert",
+                    "missing; name a PEM chain (cert = \"certs/cert.pem\") or add [tls.acme]",
+                );
+                (None, None)
+            }
+            (Some(_), None) => {
+                self.error(
+                    "tls.key",
+                    "missing; name the PEM private key of tls.cert (key = \"certs/key.pem\")",
+                );
+                (None, None)
+            }
+        };
         let mut sni = Vec::new();
         let mut ok = true;
         for (i, entry) in raw.sni.iter().enumerate() {
@@ -44,10 +63,15 @@ impl Validator<'_> {
                 _ => ok = false,
             }
         }
-        let default = CertPaths {
-            cert: cert?,
-            key: key?,
+        let default = match (cert?, key?) {
+            (Some(cert), Some(key)) => Some(CertPaths { cert, key }),
+            _ => None,
         };
-        ok.then_some(TlsConfig { default, sni })
+        // `[tls.acme]` is validated after the routes (its default domains are theirs).
+        ok.then_some(TlsConfig {
+            default,
+            acme: None,
+            sni,
+        })
     }
 }
