@@ -8,11 +8,14 @@
 //! store, server health, requests in flight, open connections) are read then, never
 //! counted on the request path.
 //!
+//! Per-server counts for the status page live in [`server::ServerStats`] (in each
+//! server's `BackendState`): two or three relaxed adds per attempt, no lock.
+//!
 //! Metrics are counted only when the admin listener is configured (nothing could read
 //! them otherwise); `Runtime::metrics` is `None` then.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -23,6 +26,9 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{Config, HostPattern, RouteConfig};
+
+pub mod server;
+pub use server::{CheckNote, HealthNote, ServerCounts, ServerStats};
 
 /// `route` and `status` of `cloakroom_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,7 +56,14 @@ pub struct ServerLabels {
     pub server: String,
 }
 
-/// `reason` of ended sessions and refused requests.
+/// `route` and `reason` of refused requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub route: Arc<str>,
+    pub reason: &'static str,
+}
+
+/// `reason` of ended sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -75,9 +88,12 @@ pub struct BuildLabels {
 }
 
 /// Upper bounds (seconds) of the latency histograms: 0.5 ms to 30 s.
-const BUCKETS: [f64; 14] = [
+pub(crate) const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
 ];
+
+/// Buckets of a [`Timing`], `+Inf` included.
+pub const BUCKET_COUNT: usize = BUCKETS.len() + 1;
 
 /// A latency histogram made of atomics: one observation is two relaxed adds (its
 /// bucket and the sum), no lock. `prometheus-client`'s own histogram takes a mutex.
@@ -104,6 +120,15 @@ impl Timing {
         }
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations per bucket so far (not cumulative; the last is `+Inf`).
+    pub fn buckets(&self) -> [u64; BUCKET_COUNT] {
+        let mut out = [0u64; BUCKET_COUNT];
+        for (slot, bucket) in out.iter_mut().zip(self.0.buckets.iter()) {
+            *slot = bucket.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// Observations so far.
@@ -178,8 +203,8 @@ pub struct Metrics {
     pub upstream_up: Family<ServerLabels, Gauge>,
     /// Requests sent to a server and not answered in full (read at scrape time).
     pub upstream_in_flight: Family<ServerLabels, Gauge>,
-    /// Requests refused by the proxy itself, by reason.
-    pub refused: Family<ReasonLabel, Counter>,
+    /// Requests refused by the proxy itself, by route and reason.
+    pub refused: Family<RefusedLabels, Counter>,
     /// Open client connections: counted by the accept loops, exported at scrape time.
     pub open_connections: Arc<AtomicUsize>,
     connections_open: Gauge,
@@ -197,6 +222,19 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// Pre-resolved store handles, by operation.
     pub store: StoreMetrics,
+    /// The last config reload (for the status page).
+    last_reload: Mutex<Option<ReloadNote>>,
+}
+
+/// When the last reload ran and how it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadNote {
+    pub at_ms: u64,
+    pub ok: bool,
+    /// The new generation, when it went live.
+    pub generation: Option<u64>,
+    /// Why it was refused.
+    pub error: Option<String>,
 }
 
 /// The session store operations that are timed.
@@ -283,6 +321,7 @@ impl Metrics {
             store_errors: Family::default(),
             reloads: Family::default(),
             store: StoreMetrics::default(),
+            last_reload: Mutex::new(None),
         };
         let store = StoreMetrics {
             ops: StoreOp::ALL
@@ -346,7 +385,7 @@ impl Metrics {
         );
         r.register(
             "refused",
-            "Requests refused by the proxy itself, by reason",
+            "Requests refused by the proxy itself, by route and reason",
             m.refused.clone(),
         );
         r.register(
@@ -413,15 +452,27 @@ impl Metrics {
         }
     }
 
-    /// Counts a request the proxy refused itself.
-    pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    /// Counts a config reload (`Ok`: the generation now live; `Err`: why it was
+    /// refused) and keeps it as the last one.
+    pub fn reloaded(&self, result: Result<u64, String>) {
+        let ok = result.is_ok();
+        let result_label = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result_label,
+            })
+            .inc();
+        *crate::lock(&self.last_reload) = Some(ReloadNote {
+            at_ms: crate::clock::unix_ms(),
+            ok,
+            generation: result.as_ref().ok().copied(),
+            error: result.err(),
+        });
     }
 
-    /// Counts a config reload.
-    pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    /// The last config reload, if any ran.
+    pub fn last_reload(&self) -> Option<ReloadNote> {
+        crate::lock(&self.last_reload).clone()
     }
 
     /// The OpenMetrics text of every metric, after refreshing the scrape-time gauges
@@ -466,6 +517,20 @@ pub struct RouteMetrics {
     /// `cloakroom_requests_total{route, status}` by `status - 100`, filled on first use.
     statuses: Box<[OnceLock<Counter>]>,
     duration: Timing,
+    /// `cloakroom_refused_total{route, reason}` handles, filled on first refusal (a
+    /// refused request takes this lock; answered ones never do).
+    refused: Mutex<Vec<(&'static str, Counter)>>,
+}
+
+/// Cumulative counts of one route, as the status page's sampler reads them.
+#[derive(Debug, Clone, Default)]
+pub struct RouteCounts {
+    /// Answers by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub classes: [u64; 5],
+    /// Request latency histogram (not cumulative per bucket).
+    pub buckets: [u64; BUCKET_COUNT],
+    /// Refusals by reason.
+    pub refused: Vec<(&'static str, u64)>,
 }
 
 impl RouteMetrics {
@@ -477,6 +542,40 @@ impl RouteMetrics {
             label,
             statuses: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
             duration,
+            refused: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one refusal of this route.
+    fn refused(&self, family: &Family<RefusedLabels, Counter>, reason: &'static str) {
+        let mut handles = crate::lock(&self.refused);
+        if let Some((_, counter)) = handles.iter().find(|(r, _)| *r == reason) {
+            counter.inc();
+            return;
+        }
+        let counter = family.get_or_create_owned(&RefusedLabels {
+            route: self.label.clone(),
+            reason,
+        });
+        counter.inc();
+        handles.push((reason, counter));
+    }
+
+    /// The counts so far (status slots not used yet by this generation read 0).
+    fn counts(&self) -> RouteCounts {
+        let mut classes = [0u64; 5];
+        for (index, slot) in self.statuses.iter().enumerate() {
+            if let (Some(counter), Some(class)) = (slot.get(), classes.get_mut(index / 100)) {
+                *class += counter.get();
+            }
+        }
+        RouteCounts {
+            classes,
+            buckets: self.duration.buckets(),
+            refused: crate::lock(&self.refused)
+                .iter()
+                .map(|(reason, counter)| (*reason, counter.get()))
+                .collect(),
         }
     }
 
@@ -550,6 +649,23 @@ impl RequestMetrics {
             .and_then(|i| self.routes.get(i))
             .unwrap_or(&self.unrouted);
         handles.answered(&self.metrics.requests, status, elapsed);
+    }
+
+    /// Counts a request of route `route` (index; `None`: unrouted) that the proxy
+    /// refused itself for `reason`.
+    pub fn refused(&self, route: Option<usize>, reason: &'static str) {
+        let handles = route
+            .and_then(|i| self.routes.get(i))
+            .unwrap_or(&self.unrouted);
+        handles.refused(&self.metrics.refused, reason);
+    }
+
+    /// The counts of each route, indexed like `config.routes`, then the unrouted ones.
+    pub fn route_counts(&self) -> impl Iterator<Item = RouteCounts> + '_ {
+        self.routes
+            .iter()
+            .chain(std::iter::once(&self.unrouted))
+            .map(RouteMetrics::counts)
     }
 
     /// Records the response-head latency of upstream `upstream` (index).
