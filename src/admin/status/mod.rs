@@ -270,7 +270,9 @@ fn field(form: &[(String, String)], name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Headers every page answer carries.
+/// Headers every page answer carries. `Referrer-Policy: same-origin`, not
+/// `no-referrer`: with the latter a browser sends `Origin: null` on the page's own
+/// form posts, which the `Origin` check must refuse.
 fn secure(response: &mut Response<ResponseBody>) {
     let headers = response.headers_mut();
     headers.insert(
@@ -284,7 +286,7 @@ fn secure(response: &mut Response<ResponseBody>) {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
