@@ -314,6 +314,23 @@ async fn page_shows_servers_and_sessions_and_ends_one_users_sessions() {
     for _ in 0..20 {
         assert_eq!(proxy.who(&bob).await, "bob");
     }
+    // Traffic while the page is watched: bob's requests, and now and then a cross-site
+    // POST that the proxy refuses (csrf), so the sparklines and refusals have data.
+    let traffic = {
+        let (client, port, bob) = (proxy.client.clone(), proxy.port, bob.clone());
+        tokio::spawn(async move {
+            for i in 0u64.. {
+                let url = format!("https://localhost:{port}/whoami");
+                let request = if i % 10 == 0 {
+                    client.post(url).header("sec-fetch-site", "cross-site")
+                } else {
+                    client.get(url)
+                };
+                let _ = request.header("cookie", &bob).send().await;
+                tokio::time::sleep(Duration::from_millis(5 + i % 20)).await;
+            }
+        })
+    };
     let live = plain()
         .get(proxy.admin_url("/sessions/count"))
         .send()
@@ -354,10 +371,14 @@ async fn page_shows_servers_and_sessions_and_ends_one_users_sessions() {
     assert_eq!(browser.count("#user-sessions tr").await, 2);
     loads_nothing_from_another_origin(&mut browser, &proxy).await;
     if let Ok(path) = std::env::var("CLOAKROOM_SCREENSHOT") {
+        // 1400 wide, as tall as the page (the search results included).
+        browser
+            .run(json!({"op": "fullsize", "w": 1400, "min_h": 1000}))
+            .await;
+        browser.run(json!({"op": "screenshot", "path": path})).await;
         browser
             .run(json!({"op": "size", "w": 1400, "h": 1000}))
             .await;
-        browser.run(json!({"op": "screenshot", "path": path})).await;
     }
 
     // A same-origin POST with a foreign Origin is refused even with the page's CSRF token.
@@ -378,6 +399,8 @@ async fn page_shows_servers_and_sessions_and_ends_one_users_sessions() {
     assert_eq!(forged.status(), 403);
     cross_site_post_is_refused(&mut browser, &proxy, None, "127.0.0.1", "403 refused").await;
     cross_site_post_is_refused(&mut browser, &proxy, None, "localhost", "403 refused").await;
+
+    traffic.abort();
 
     // The end button logs alice out everywhere; bob stays logged in.
     browser.open(&proxy.admin_url("/?user=alice")).await;

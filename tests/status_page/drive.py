@@ -5,7 +5,8 @@ one JSON answer per stdout line. The Rust test holds the logic; this only clicks
 Commands: {"op": "open", "url": ...}, {"op": "text", "css": ...}, {"op": "count", "css": ...},
 {"op": "wait_text", "css": ..., "contains": ..., "timeout": s}, {"op": "type", "css": ..., "text": ...},
 {"op": "click", "css": ...}, {"op": "submit", "css": ...}, {"op": "cookies"}, {"op": "resources"},
-{"op": "reload"}, {"op": "size", "w": ..., "h": ...}, {"op": "screenshot", "path": ...}, {"op": "quit"}.
+{"op": "reload"}, {"op": "size", "w": ..., "h": ...}, {"op": "fullsize", "w": ...},
+{"op": "screenshot", "path": ...}, {"op": "source"}, {"op": "quit"}.
 """
 import json
 import os
@@ -78,6 +79,10 @@ def run(driver, cmd):
     if op == "size":
         driver.set_window_size(cmd["w"], cmd["h"])
         return {}
+    if op == "fullsize":
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(cmd["w"], max(cmd.get("min_h", 0), height + 140))
+        return {"height": height}
     if op == "screenshot":
         driver.save_screenshot(cmd["path"])
         return {"path": cmd["path"]}

@@ -302,9 +302,10 @@ fn server_row(html: &mut String, upstream: &str, server: &ServerView, now_ms: u6
     };
     let check = match &server.check {
         None => "–".to_string(),
+        Some(c) if !c.ok => format!("fail: {} ({})", c.detail, ago(now_ms, c.at_ms)),
         Some(c) => format!(
             "{} ({})",
-            if c.ok { "pass" } else { &c.detail },
+            if c.ok { "pass" } else { "fail" },
             ago(now_ms, c.at_ms)
         ),
     };
@@ -316,7 +317,7 @@ fn server_row(html: &mut String, upstream: &str, server: &ServerView, now_ms: u6
     let _ = write!(
         html,
         "<tr class=\"{}\"><td>{}</td><td>{}</td><td>{state}</td><td class=n>{}</td><td class=n>{}</td>\
-<td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td>{}</td><td>{}</td></tr>",
+<td class=n>{}</td><td class=n>{}</td><td class=n>{}</td><td class=wrap>{}</td><td class=wrap>{}</td></tr>",
         if server.up { "" } else { "down" },
         esc(upstream),
         esc(&server.name),

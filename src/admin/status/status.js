@@ -68,13 +68,13 @@
       u.servers.forEach(function (s) {
         var tr = document.createElement("tr");
         if (!s.up) tr.className = "down";
-        var check = s.check ? (s.check.ok ? "pass" : s.check.detail) + " (" + ago(data.at_ms, s.check.at_ms) + ")" : "\u2013";
+        var check = s.check ? (s.check.ok ? "pass" : "fail: " + s.check.detail) + " (" + ago(data.at_ms, s.check.at_ms) + ")" : "\u2013";
         var changed = s.changed_ms === null ? "since start"
           : ago(data.at_ms, s.changed_ms) + (s.down_reason ? ": " + s.down_reason : "");
         tr.append(td(u.name), td(s.name), badge(s.up, s.draining), td(String(s.in_flight), "n"),
           td(num(s.rps, 1), "n"),
           td(s.error_rate === null ? "\u2013" : (s.error_rate * 100).toFixed(1) + "%", "n"),
-          td(num(s.p50_ms, 1), "n"), td(num(s.p99_ms, 1), "n"), td(check), td(changed));
+          td(num(s.p50_ms, 1), "n"), td(num(s.p99_ms, 1), "n"), td(check, "wrap"), td(changed, "wrap"));
         rows.push(tr);
       });
     });
