@@ -149,7 +149,10 @@ pub(crate) async fn answer(
                 end(state, &form).await
             }
         }
-        _ => super::text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n"),
+        (_, "/" | "/status.json" | "/status/end" | "/status/logout" | "/status/login", _) => {
+            super::text(StatusCode::METHOD_NOT_ALLOWED, "405 method not allowed\n")
+        }
+        _ => super::text(StatusCode::NOT_FOUND, "404 not found\n"),
     }
 }
 
