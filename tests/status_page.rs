@@ -376,10 +376,16 @@ async fn page_shows_servers_and_sessions_and_ends_one_users_sessions() {
             .run(json!({"op": "fullsize", "w": 1400, "min_h": 1000}))
             .await;
         browser.run(json!({"op": "screenshot", "path": path})).await;
-        browser
-            .run(json!({"op": "size", "w": 1400, "h": 1000}))
-            .await;
     }
+    // On a phone the page fits the width (wide tables scroll inside their box).
+    browser.run(json!({"op": "size", "w": 390, "h": 844})).await;
+    let fits = browser
+        .run(json!({"op": "js", "script": "return document.documentElement.scrollWidth <= window.innerWidth + 1"}))
+        .await;
+    assert_eq!(fits["value"], true, "the page overflows a phone's width");
+    browser
+        .run(json!({"op": "size", "w": 1400, "h": 1000}))
+        .await;
 
     // A same-origin POST with a foreign Origin is refused even with the page's CSRF token.
     let html = browser.source().await;

@@ -6,7 +6,8 @@ Commands: {"op": "open", "url": ...}, {"op": "text", "css": ...}, {"op": "count"
 {"op": "wait_text", "css": ..., "contains": ..., "timeout": s}, {"op": "type", "css": ..., "text": ...},
 {"op": "click", "css": ...}, {"op": "submit", "css": ...}, {"op": "cookies"}, {"op": "resources"},
 {"op": "reload"}, {"op": "size", "w": ..., "h": ...}, {"op": "fullsize", "w": ...},
-{"op": "screenshot", "path": ...}, {"op": "source"}, {"op": "quit"}.
+{"op": "screenshot", "path": ...}, {"op": "source"}, {"op": "js", "script": "return ..."},
+{"op": "quit"}.
 """
 import json
 import os
@@ -86,6 +87,8 @@ def run(driver, cmd):
     if op == "screenshot":
         driver.save_screenshot(cmd["path"])
         return {"path": cmd["path"]}
+    if op == "js":
+        return {"value": driver.execute_script(cmd["script"])}
     if op == "source":
         return {"html": driver.page_source}
     return {"error": f"unknown op {op}"}
