@@ -4,7 +4,8 @@
 //! session count, the user search and its end button (that user's sessions end, another
 //! user's stay), the token form (wrong token refused with no data, right token kept
 //! across a reload in an `HttpOnly`, `SameSite=Strict` cookie), a cross-site form POST
-//! that cannot end sessions, and a page that loads nothing from another origin.
+//! that cannot end sessions, a page that loads nothing from another origin and fits a
+//! phone's width, its size, and a refused reload shown with its error.
 //!
 //! With `CLOAKROOM_SCREENSHOT=path` the first test saves the page at 1400×1000 there
 //! (the README's `docs/status-page.png` is made so).
@@ -31,6 +32,7 @@ const TOKEN: &str = "status-page-token-0123456789abcdef";
 struct Proxy {
     child: std::process::Child,
     _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
     port: u16,
     admin: u16,
     client: reqwest::Client,
@@ -75,6 +77,7 @@ impl Proxy {
         let proxy = Proxy {
             child,
             _dir: dir,
+            config: config.clone(),
             port,
             admin,
             client: reqwest_client(&pki, ([127, 0, 0, 1], port).into(), true),
@@ -528,4 +531,36 @@ async fn page_answers_fast_and_stays_small() {
         .await
         .unwrap();
     assert_eq!(rebound.status(), 403);
+
+    // A refused reload shows with its error (and the generation stays).
+    let text = std::fs::read_to_string(&proxy.config).unwrap();
+    std::fs::write(
+        &proxy.config,
+        text.replace("upstream = \"app\"", "upstream = \"ap\""),
+    )
+    .unwrap();
+    let reload = client
+        .post(proxy.admin_url("/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 422);
+    poll_until(SOON, "status.json shows the refused reload", || async {
+        let text = client
+            .get(proxy.admin_url("/status.json"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let status: Value = serde_json::from_str(&text).unwrap();
+        let reload = &status["proxy"]["reload"];
+        reload["ok"] == false
+            && reload["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no upstream named"))
+            && status["proxy"]["generation"] == 1
+    })
+    .await;
 }
