@@ -7,8 +7,8 @@
 //! that cannot end sessions, a page that loads nothing from another origin and fits a
 //! phone's width, its size, and a refused reload shown with its error.
 //!
-//! With `CLOAKROOM_SCREENSHOT=path` the first test saves the page at 1400×1000 there
-//! (the README's `docs/status-page.png` is made so).
+//! With `CLOAKROOM_SCREENSHOT=path` the first test saves the page there, 1400 wide and
+//! as tall as the page (the README's `docs/status-page.png` is made so).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
