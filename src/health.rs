@@ -89,6 +89,8 @@ async fn active_check(target: Target, config: HealthConfig) {
         Ok(Err(error)) => Err(error),
         Err(_) => Err(format!("no answer within {:?}", config.timeout)),
     };
+    let detail = verdict.as_ref().err().map_or("ok", String::as_str);
+    target.state.stats.checked(verdict.is_ok(), detail);
     let mut probe = target.state.probe();
     match verdict {
         Ok(()) => {

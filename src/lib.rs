@@ -294,7 +294,12 @@ pub async fn run(
 pub(crate) async fn reload_now(state: &AppState) -> Result<u64, ReloadError> {
     let _one_at_a_time = state.reload_lock.lock().await;
     let result = state.reload().await;
-    state.metrics.reloaded(result.is_ok());
+    state.metrics.reloaded(
+        result
+            .as_ref()
+            .copied()
+            .map_err(|e| error_chain::display_chain(e)),
+    );
     match &result {
         Ok(generation) => tracing::info!(generation, "configuration reloaded"),
         Err(error) => tracing::warn!("reload refused, keeping the running configuration:\n{error}"),

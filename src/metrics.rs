@@ -2,17 +2,20 @@
 //! served at `/metrics` (Prometheus / OpenMetrics text, through `prometheus-client`).
 //!
 //! Request-path cost: a request touches pre-resolved handles only (no label hashing, no
-//! lock): its route's [`RouteMetrics`] is found by index in the runtime, the status
+//! lock): its route's handles ([`route`]) are found by index in the runtime, the status
 //! counter by code in a lazily filled table, and the latency histograms are plain
 //! atomics ([`Timing`]). Values that are cheap to read at scrape time (sessions in the
 //! store, server health, requests in flight, open connections) are read then, never
 //! counted on the request path.
 //!
+//! Per-server counts for the status page live in [`server::ServerStats`] (in each
+//! server's `BackendState`): two or three relaxed adds per attempt, no lock.
+//!
 //! Metrics are counted only when the admin listener is configured (nothing could read
 //! them otherwise); `Runtime::metrics` is `None` then.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
@@ -22,7 +25,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::{Config, HostPattern, RouteConfig};
+mod route;
+pub mod server;
+pub use route::{route_label, RequestMetrics, RouteCounts};
+pub use server::{CheckNote, HealthNote, ServerCounts, ServerStats};
 
 /// `route` and `status` of `cloakroom_requests_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -50,7 +56,14 @@ pub struct ServerLabels {
     pub server: String,
 }
 
-/// `reason` of ended sessions and refused requests.
+/// `route` and `reason` of refused requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub route: Arc<str>,
+    pub reason: &'static str,
+}
+
+/// `reason` of ended sessions.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -75,9 +88,12 @@ pub struct BuildLabels {
 }
 
 /// Upper bounds (seconds) of the latency histograms: 0.5 ms to 30 s.
-const BUCKETS: [f64; 14] = [
+pub(crate) const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
 ];
+
+/// Buckets of a [`Timing`], `+Inf` included.
+pub const BUCKET_COUNT: usize = BUCKETS.len() + 1;
 
 /// A latency histogram made of atomics: one observation is two relaxed adds (its
 /// bucket and the sum), no lock. `prometheus-client`'s own histogram takes a mutex.
@@ -104,6 +120,15 @@ impl Timing {
         }
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations per bucket so far (not cumulative; the last is `+Inf`).
+    pub fn buckets(&self) -> [u64; BUCKET_COUNT] {
+        let mut out = [0u64; BUCKET_COUNT];
+        for (slot, bucket) in out.iter_mut().zip(self.0.buckets.iter()) {
+            *slot = bucket.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// Observations so far.
@@ -178,8 +203,8 @@ pub struct Metrics {
     pub upstream_up: Family<ServerLabels, Gauge>,
     /// Requests sent to a server and not answered in full (read at scrape time).
     pub upstream_in_flight: Family<ServerLabels, Gauge>,
-    /// Requests refused by the proxy itself, by reason.
-    pub refused: Family<ReasonLabel, Counter>,
+    /// Requests refused by the proxy itself, by route and reason.
+    pub refused: Family<RefusedLabels, Counter>,
     /// Open client connections: counted by the accept loops, exported at scrape time.
     pub open_connections: Arc<AtomicUsize>,
     connections_open: Gauge,
@@ -201,12 +226,25 @@ pub struct Metrics {
     pub acme_orders: Family<ResultLabel, Counter>,
     /// Expiry (Unix seconds) of each ACME certificate, by domain.
     pub acme_expiry: Family<DomainLabel, Gauge>,
+    /// The last config reload (for the status page).
+    last_reload: Mutex<Option<ReloadNote>>,
 }
 
 /// `domain` of the ACME certificate expiry gauge.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DomainLabel {
     pub domain: String,
+}
+
+/// When the last reload ran and how it ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadNote {
+    pub at_ms: u64,
+    pub ok: bool,
+    /// The new generation, when it went live.
+    pub generation: Option<u64>,
+    /// Why it was refused.
+    pub error: Option<String>,
 }
 
 /// The session store operations that are timed.
@@ -295,6 +333,7 @@ impl Metrics {
             store: StoreMetrics::default(),
             acme_orders: Family::default(),
             acme_expiry: Family::default(),
+            last_reload: Mutex::new(None),
         };
         let store = StoreMetrics {
             ops: StoreOp::ALL
@@ -358,7 +397,7 @@ impl Metrics {
         );
         r.register(
             "refused",
-            "Requests refused by the proxy itself, by reason",
+            "Requests refused by the proxy itself, by route and reason",
             m.refused.clone(),
         );
         r.register(
@@ -435,9 +474,22 @@ impl Metrics {
         }
     }
 
-    /// Counts a request the proxy refused itself.
-    pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    /// Counts a config reload (`Ok`: the generation now live; `Err`: why it was
+    /// refused) and keeps it as the last one.
+    pub fn reloaded(&self, result: Result<u64, String>) {
+        let ok = result.is_ok();
+        let result_label = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result_label,
+            })
+            .inc();
+        *crate::lock(&self.last_reload) = Some(ReloadNote {
+            at_ms: crate::clock::unix_ms(),
+            ok,
+            generation: result.as_ref().ok().copied(),
+            error: result.err(),
+        });
     }
 
     /// Counts an ACME order that ended (`ok` true: a certificate was issued).
@@ -459,10 +511,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a config reload.
-    pub fn reloaded(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    /// The last config reload, if any ran.
+    pub fn last_reload(&self) -> Option<ReloadNote> {
+        crate::lock(&self.last_reload).clone()
     }
 
     /// The OpenMetrics text of every metric, after refreshing the scrape-time gauges
@@ -497,127 +548,6 @@ impl Metrics {
     }
 }
 
-/// Statuses a route's counter table covers directly (100..=599).
-const STATUS_SLOTS: usize = 500;
-
-/// One route's pre-resolved handles, built with the runtime.
-#[derive(Debug)]
-pub struct RouteMetrics {
-    label: Arc<str>,
-    /// `cloakroom_requests_total{route, status}` by `status - 100`, filled on first use.
-    statuses: Box<[OnceLock<Counter>]>,
-    duration: Timing,
-}
-
-impl RouteMetrics {
-    fn new(metrics: &Metrics, label: Arc<str>) -> RouteMetrics {
-        let duration = metrics.request_duration.get_or_create_owned(&RouteLabel {
-            route: label.clone(),
-        });
-        RouteMetrics {
-            label,
-            statuses: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
-            duration,
-        }
-    }
-
-    /// Counts one answered request.
-    fn answered(&self, family: &Family<RequestLabels, Counter>, status: u16, elapsed: Duration) {
-        let slot = usize::from(status)
-            .checked_sub(100)
-            .and_then(|i| self.statuses.get(i));
-        let labels = || RequestLabels {
-            route: self.label.clone(),
-            status,
-        };
-        match slot {
-            Some(slot) => slot
-                .get_or_init(|| family.get_or_create_owned(&labels()))
-                .inc(),
-            None => family.get_or_create(&labels()).inc(),
-        };
-        self.duration.observe(elapsed);
-    }
-}
-
-/// The handles one runtime generation uses on the request path.
-#[derive(Debug)]
-pub struct RequestMetrics {
-    metrics: Arc<Metrics>,
-    /// Indexed like `config.routes`.
-    routes: Vec<RouteMetrics>,
-    /// Requests that matched no route (or failed before routing): `route=""`.
-    unrouted: RouteMetrics,
-    /// Indexed like `config.upstreams`.
-    upstream_duration: Vec<Timing>,
-    repins: Vec<Counter>,
-}
-
-impl RequestMetrics {
-    /// Resolves every handle `config` needs.
-    pub fn new(metrics: &Arc<Metrics>, config: &Config) -> RequestMetrics {
-        let upstream = |u: &crate::config::UpstreamConfig| UpstreamLabel {
-            upstream: u.name.clone(),
-        };
-        RequestMetrics {
-            routes: config
-                .routes
-                .iter()
-                .map(|r| RouteMetrics::new(metrics, route_label(r).into()))
-                .collect(),
-            unrouted: RouteMetrics::new(metrics, "".into()),
-            upstream_duration: config
-                .upstreams
-                .iter()
-                .map(|u| metrics.upstream_duration.get_or_create_owned(&upstream(u)))
-                .collect(),
-            repins: config
-                .upstreams
-                .iter()
-                .map(|u| metrics.repins.get_or_create_owned(&upstream(u)))
-                .collect(),
-            metrics: metrics.clone(),
-        }
-    }
-
-    /// The process-wide metrics.
-    pub fn all(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// Counts an answered request of route `route` (index; `None`: unrouted).
-    pub fn answered(&self, route: Option<usize>, status: u16, elapsed: Duration) {
-        let handles = route
-            .and_then(|i| self.routes.get(i))
-            .unwrap_or(&self.unrouted);
-        handles.answered(&self.metrics.requests, status, elapsed);
-    }
-
-    /// Records the response-head latency of upstream `upstream` (index).
-    pub fn upstream_answered(&self, upstream: usize, elapsed: Duration) {
-        if let Some(timing) = self.upstream_duration.get(upstream) {
-            timing.observe(elapsed);
-        }
-    }
-
-    /// Counts a re-pin in upstream `upstream` (index).
-    pub fn repinned(&self, upstream: usize) {
-        if let Some(counter) = self.repins.get(upstream) {
-            counter.inc();
-        }
-    }
-}
-
-/// A route as metrics and logs name it: `host` + `path` (`app.example.com/api`,
-/// `*.example.com/`, or just `/api` for any host).
-pub fn route_label(route: &RouteConfig) -> String {
-    match &route.host {
-        Some(HostPattern::Exact(host)) => format!("{host}{}", route.path),
-        Some(HostPattern::Suffix(suffix)) => format!("*{suffix}{}", route.path),
-        None => route.path.clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,25 +578,5 @@ mod tests {
         assert!(text.contains("cloakroom_sessions_active 7"), "{text}");
         assert!(text.contains("cloakroom_build_info{version="), "{text}");
         assert!(text.contains("cloakroom_log_dropped_total 0"), "{text}");
-    }
-
-    #[test]
-    fn route_status_counters_are_resolved_once_and_shared() {
-        let metrics = Arc::new(Metrics::new());
-        let label: Arc<str> = "/".into();
-        let route = RouteMetrics::new(&metrics, label.clone());
-        route.answered(&metrics.requests, 200, Duration::from_millis(1));
-        route.answered(&metrics.requests, 200, Duration::from_millis(1));
-        route.answered(&metrics.requests, 999, Duration::from_millis(1));
-        let count = |status| {
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    route: label.clone(),
-                    status,
-                })
-                .get()
-        };
-        assert_eq!((count(200), count(999)), (2, 1));
     }
 }

@@ -1,16 +1,18 @@
 //! The admin listener (plain HTTP, loopback by default; never on the https listener):
-//! `/healthz`, `/readyz` ([`health`]), `/metrics`, the session admin API
-//! ([`sessions`]) and `POST /reload` ([`reload`]). It keeps serving while client
+//! the status page for people at `/` ([`status`]), `/healthz`, `/readyz` ([`health`]),
+//! `/metrics`, the session admin API ([`sessions`]) and `POST /reload` ([`reload`]). It keeps serving while client
 //! connections drain at shutdown (`/readyz` is 503 then).
 //!
 //! With `listen.admin_token` set, every path but `/healthz` and `/readyz` (probes)
-//! needs `Authorization: Bearer <token>`, compared in constant time. The token and the
+//! needs `Authorization: Bearer <token>`, compared in constant time; the status page's
+//! paths also take the cookie its token form sets ([`status`]). The token and the
 //! `Authorization` value are never logged. Answers are small and never cached.
 
 mod health;
 pub mod probe;
 mod reload;
 mod sessions;
+mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,21 +32,32 @@ const STORE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves the admin endpoints until `stop` is raised: after the client connections
 /// drained, so that `/readyz` answers 503 while they do.
+/// The status page's sampler runs beside it, as long.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<AppState>, stop: Arc<Signal>) {
+    let page = Arc::new(status::Status::new());
+    let sampler = status::sample(state.clone(), page.clone(), stop.clone());
     let answer = move |request| {
         let state = state.clone();
-        async move { answer(&state, request).await }
+        let page = page.clone();
+        async move { answer(&state, &page, request).await }
     };
-    crate::plain_http::serve(listener, "admin", answer, stop.wait()).await;
+    let listener = crate::plain_http::serve(listener, "admin", answer, stop.wait());
+    tokio::join!(listener, sampler);
 }
 
 /// Routes one admin request.
-async fn answer(state: &AppState, request: Request<Incoming>) -> Response<ResponseBody> {
+async fn answer(
+    state: &AppState,
+    page: &status::Status,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => return health::readyz(state).await,
+        // The page checks its own access (token cookie or Bearer, CSRF, Origin).
+        (_, p) if status::owns(p) => return status::answer(state, page, request).await,
         _ => {}
     }
     let runtime = state.runtime();

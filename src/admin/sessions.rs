@@ -95,6 +95,49 @@ fn describe(info: &SessionInfo) -> serde_json::Value {
     })
 }
 
+/// The error text of an admin answer that is not a success (for the status page).
+fn why(response: &Response<ResponseBody>) -> String {
+    match response.status() {
+        StatusCode::NOT_IMPLEMENTED => {
+            format!(
+                "not supported by this session store: {}",
+                SessionBackend::NOT_KEPT
+            )
+        }
+        StatusCode::SERVICE_UNAVAILABLE => "the session store did not answer".to_string(),
+        status => format!("the session store refused ({status})"),
+    }
+}
+
+/// The live sessions of `user` (the status page's search; same call as `GET /sessions`).
+pub(super) async fn listed(state: &AppState, user: &str) -> Result<Vec<SessionInfo>, String> {
+    let Some(store) = &state.index else {
+        return Err(why(&not_kept()));
+    };
+    let expiry = state.runtime().expiry;
+    call(state, store.list_user(user, state.clock.now_ms(), expiry))
+        .await
+        .map_err(|r| why(&r))
+}
+
+/// Ends every session of `user`, as `DELETE /sessions?user=` does; how many ended.
+pub(super) async fn ended_user(state: &AppState, user: &str) -> Result<usize, String> {
+    let answer = end_user_inner(state, user).await;
+    answer.map_err(|r| why(&r))
+}
+
+/// Ends the session with public id `id`, as `DELETE /sessions/{id}` does; whether
+/// it was live.
+pub(super) async fn ended_one(state: &AppState, id: &str) -> Result<bool, String> {
+    match end_one_inner(state, id).await {
+        Ok(ended) => Ok(ended),
+        Err(response) if response.status() == StatusCode::BAD_REQUEST => {
+            Err("not a session id".to_string())
+        }
+        Err(response) => Err(why(&response)),
+    }
+}
+
 /// `GET /sessions?user=NAME`.
 pub(super) async fn list(state: &AppState, query: &str) -> Response<ResponseBody> {
     let Some(user) = user_param(query) else {
@@ -118,47 +161,55 @@ pub(super) async fn end_user(state: &AppState, query: &str) -> Response<Response
     let Some(user) = user_param(query) else {
         return missing_user();
     };
-    let Some(store) = &state.index else {
-        return not_kept();
-    };
-    match call(state, store.destroy_user(&user)).await {
-        Ok(ended) => {
-            state.metrics.session_ended("admin", ended as u64);
-            tracing::info!(user, ended, "admin: user logged out everywhere");
-            json(StatusCode::OK, &json!({ "user": user, "ended": ended }))
-        }
+    match end_user_inner(state, &user).await {
+        Ok(ended) => json(StatusCode::OK, &json!({ "user": user, "ended": ended })),
         Err(response) => response,
     }
 }
 
+async fn end_user_inner(state: &AppState, user: &str) -> Result<usize, Response<ResponseBody>> {
+    let Some(store) = &state.index else {
+        return Err(not_kept());
+    };
+    let ended = call(state, store.destroy_user(user)).await?;
+    state.metrics.session_ended("admin", ended as u64);
+    tracing::info!(user, ended, "admin: user logged out everywhere");
+    Ok(ended)
+}
+
 /// `DELETE /sessions/{public_id}`.
 pub(super) async fn end_one(state: &AppState, id: &str) -> Response<ResponseBody> {
-    use base64::Engine as _;
-    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(id)
-        .ok()
-        .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
-    let Some(bytes) = decoded else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &json!({ "error": "not a session id (22 base64url characters, as in X-Session-Id)" }),
-        );
-    };
-    let Some(store) = &state.index else {
-        return not_kept();
-    };
-    match call(state, store.destroy_public(&PublicId(bytes))).await {
-        Ok(true) => {
-            state.metrics.session_ended("admin", 1);
-            tracing::info!(session = id, "admin: session ended");
-            json(StatusCode::OK, &json!({ "id": id, "ended": 1 }))
-        }
+    match end_one_inner(state, id).await {
+        Ok(true) => json(StatusCode::OK, &json!({ "id": id, "ended": 1 })),
         Ok(false) => json(
             StatusCode::NOT_FOUND,
             &json!({ "error": "no such session", "id": id }),
         ),
         Err(response) => response,
     }
+}
+
+async fn end_one_inner(state: &AppState, id: &str) -> Result<bool, Response<ResponseBody>> {
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id)
+        .ok()
+        .and_then(|bytes| <[u8; 16]>::try_from(bytes).ok());
+    let Some(bytes) = decoded else {
+        return Err(json(
+            StatusCode::BAD_REQUEST,
+            &json!({ "error": "not a session id (22 base64url characters, as in X-Session-Id)" }),
+        ));
+    };
+    let Some(store) = &state.index else {
+        return Err(not_kept());
+    };
+    let ended = call(state, store.destroy_public(&PublicId(bytes))).await?;
+    if ended {
+        state.metrics.session_ended("admin", 1);
+        tracing::info!(session = id, "admin: session ended");
+    }
+    Ok(ended)
 }
 
 /// `GET /sessions/count`.

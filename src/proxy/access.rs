@@ -103,7 +103,7 @@ pub(crate) fn logging(
     if let Some(metrics) = &rt.metrics {
         metrics.answered(record.route, status, started.elapsed());
         if let Some(reason) = record.refused {
-            metrics.all().refuse(reason);
+            metrics.refused(record.route, reason);
         }
     }
     let Some(RequestLine { method, uri, host }) = line else {

@@ -87,7 +87,10 @@ pub(super) async fn send(
                 request.headers_mut().remove(&inject::REPINNED);
             }
         }
+        let attempt = std::time::Instant::now();
         let result = client::send(&backend.state, request, deadlines, tunnel).await;
+        let status = result.as_ref().ok().map(|r| r.status().as_u16());
+        backend.state.stats.attempt(attempt.elapsed(), status);
         let error = match result {
             Ok(response) => {
                 if let Some(ctx) = ctx.as_deref_mut() {

@@ -51,6 +51,8 @@ pub struct BackendState {
     pub(crate) idle: Mutex<Vec<client::IdleConn>>,
     /// Health-check bookkeeping; touched by the health task and on passive failures.
     pub(crate) probe: Mutex<Probe>,
+    /// Attempts, failures, latency and health notes (the admin status page).
+    pub(crate) stats: crate::metrics::ServerStats,
 }
 
 /// Consecutive check results and when the next check or probe is due.
@@ -80,6 +82,7 @@ impl BackendState {
                 next: Instant::now(),
                 backoff: FIRST_BACKOFF,
             }),
+            stats: crate::metrics::ServerStats::default(),
         }
     }
 
@@ -101,6 +104,7 @@ impl BackendState {
             if let Some(suppressed) = crate::log::limit::admit(cause) {
                 tracing::warn!(upstream, backend = server, reason = %why, suppressed, "server marked down");
             }
+            self.stats.went(false, Some(why));
             let mut probe = self.probe();
             probe.passes = 0;
             probe.backoff = FIRST_BACKOFF;
@@ -114,6 +118,7 @@ impl BackendState {
     pub(crate) fn mark_up(&self, upstream: &str, server: &str) {
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!(upstream, backend = server, "server is up again");
+            self.stats.went(true, None);
             let mut probe = self.probe();
             probe.fails = 0;
             probe.backoff = FIRST_BACKOFF;
