@@ -21,6 +21,7 @@ mod checks;
 mod headers;
 mod limits;
 mod listen;
+mod oidc;
 mod postgres;
 mod redis;
 mod routing;
@@ -140,7 +141,9 @@ impl Validator<'_> {
             self.unique_headers(inject, control);
         }
         let upstreams = self.upstreams(raw.upstreams.0);
-        let routes = self.routes(raw.routes, &upstreams);
+        let oidc = raw.oidc.map(|o| self.oidc(o));
+        let oidc_failed = matches!(oidc, Some(None));
+        let routes = self.routes(raw.routes, &upstreams, oidc.is_some());
         Some(Config {
             source: self.file.to_path_buf(),
             text: SourceText::new(text),
@@ -162,6 +165,11 @@ impl Validator<'_> {
             routes: routes?,
             warnings: Vec::new(),
             security: security?,
+            oidc: if oidc_failed {
+                return None;
+            } else {
+                oidc.flatten()
+            },
         })
     }
 
