@@ -21,6 +21,7 @@ pub mod inject;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod oidc;
 mod plain_http;
 pub mod proxy;
 pub mod random;
