@@ -202,6 +202,9 @@ pub async fn run(
     }
     let mut background = JoinSet::new();
     background.spawn(health::run(state.clone()));
+    if let Some(oidc) = state.runtime().oidc.clone() {
+        background.spawn(oidc.warm_up(state.stop.clone()));
+    }
     if let Some(sweep) = state.sweep.clone() {
         background.spawn(sweep_sessions(state.clone(), sweep));
     }

@@ -243,34 +243,10 @@ impl Oidc {
             .ok_or(OidcError::BadState)?;
         let provider = self.provider().await?;
 
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", "authorization_code")
-            .append_pair("code", &code)
-            .append_pair("redirect_uri", &pending.redirect_uri)
-            .append_pair("code_verifier", &pending.verifier);
-        let basic = match &self.config.client_secret {
-            // RFC 6749 §2.3.1: each part form-encoded, then Basic.
-            Some(secret) => {
-                let enc = |t: &[u8]| form_urlencoded::byte_serialize(t).collect::<String>();
-                let pair = format!(
-                    "{}:{}",
-                    enc(self.config.client_id.as_bytes()),
-                    enc(&secret.0)
-                );
-                Some(base64::engine::general_purpose::STANDARD.encode(pair))
-            }
-            None => {
-                form.append_pair("client_id", &self.config.client_id);
-                None
-            }
-        };
+        let (form, basic) = self.token_request(&code, &pending);
         let answer = self
             .client
-            .post_form(
-                &provider.meta.token_endpoint,
-                form.finish(),
-                basic.as_deref(),
-            )
+            .post_form(&provider.meta.token_endpoint, form, basic.as_deref())
             .await
             .map_err(|e| match e {
                 super::http::HttpError::Status(status, _) if status.is_client_error() => {
@@ -339,6 +315,35 @@ impl Oidc {
             return_to: pending.return_to,
             clear_cookie: cookie(&name, "", 0),
         })
+    }
+}
+
+impl Oidc {
+    /// The token request's form and, for a confidential client, its HTTP Basic
+    /// credentials (`client_secret_basic`; a public client sends its id in the form).
+    fn token_request(&self, code: &str, pending: &Pending) -> (String, Option<String>) {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", &pending.redirect_uri)
+            .append_pair("code_verifier", &pending.verifier);
+        let basic = match &self.config.client_secret {
+            // RFC 6749 §2.3.1: each part form-encoded, then Basic.
+            Some(secret) => {
+                let enc = |t: &[u8]| form_urlencoded::byte_serialize(t).collect::<String>();
+                let pair = format!(
+                    "{}:{}",
+                    enc(self.config.client_id.as_bytes()),
+                    enc(&secret.0)
+                );
+                Some(base64::engine::general_purpose::STANDARD.encode(pair))
+            }
+            None => {
+                form.append_pair("client_id", &self.config.client_id);
+                None
+            }
+        };
+        (form.finish(), basic)
     }
 }
 

@@ -51,10 +51,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// A call's answer: its status and body.
+/// A successful call's answer body.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
 }
 
@@ -195,5 +194,5 @@ where
     if !status.is_success() {
         return Err(HttpError::Status(status, body));
     }
-    Ok(Answer { status, body })
+    Ok(Answer { body })
 }
