@@ -6,6 +6,8 @@
 //! the provider being down. `tests/oidc_provider.rs` runs the login against a real,
 //! certified provider (oidc-provider).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 #[path = "oidc/idp.rs"]
 mod idp;
@@ -121,9 +123,7 @@ fn config(app: &App, issuer: &str, extra_routes: &[Route]) -> String {
 }
 
 async fn start(app: &App, idp: &Idp) -> TestProxy {
-    Store::Memory
-        .start(config(app, &idp.issuer(), &[]))
-        .await
+    Store::Memory.start(config(app, &idp.issuer(), &[])).await
 }
 
 #[tokio::test]
@@ -138,9 +138,17 @@ async fn full_login_injects_the_identity_and_returns_to_the_page() {
     let elapsed = began.elapsed();
     assert_eq!(done.status(), 302);
     assert_eq!(location(&done), "/reports?month=5");
-    assert_eq!(app.request_count(), before, "nothing reached the app before the login");
+    assert_eq!(
+        app.request_count(),
+        before,
+        "nothing reached the app before the login"
+    );
     let cookies: Vec<_> = browser.jar.keys().cloned().collect();
-    assert_eq!(cookies, ["__Host-cloakroom"], "only the session cookie is left");
+    assert_eq!(
+        cookies,
+        ["__Host-cloakroom"],
+        "only the session cookie is left"
+    );
     let cookie_bytes: usize = browser.jar.iter().map(|(k, v)| k.len() + v.len() + 1).sum();
     let (status, body) = browser.whoami(&page).await;
     assert_eq!((status, body.as_str()), (200, "alice"));
@@ -159,7 +167,10 @@ async fn api_requests_get_401_never_a_redirect() {
     let url = proxy.url_for("app.test", "/data");
     let cases = [
         client.get(&url).header("accept", "application/json"),
-        client.get(&url).header("sec-fetch-mode", "cors").header("accept", "text/html"),
+        client
+            .get(&url)
+            .header("sec-fetch-mode", "cors")
+            .header("accept", "text/html"),
         client.get(&url),
         client.post(&url).header("accept", "text/html"),
     ];
@@ -170,7 +181,11 @@ async fn api_requests_get_401_never_a_redirect() {
         assert!(!response.headers().contains_key("location"));
     }
     // Routes without login = "oidc" are not touched.
-    let response = client.get(proxy.url_for("app.test", "/public")).send().await.unwrap();
+    let response = client
+        .get(proxy.url_for("app.test", "/public"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
 }
 
@@ -179,13 +194,26 @@ async fn two_tabs_logging_in_at_once_both_succeed() {
     let (app, idp) = (App::start().await, Idp::start().await);
     let proxy = start(&app, &idp).await;
     let mut browser = Browser::new(&proxy);
-    let first = browser.start_login(&proxy.url_for("app.test", "/one")).await;
-    let second = browser.start_login(&proxy.url_for("app.test", "/two")).await;
+    let first = browser
+        .start_login(&proxy.url_for("app.test", "/one"))
+        .await;
+    let second = browser
+        .start_login(&proxy.url_for("app.test", "/two"))
+        .await;
     let done = browser.navigate(&second).await;
-    assert_eq!((done.status().as_u16(), location(&done)), (302, "/two".into()));
+    assert_eq!(
+        (done.status().as_u16(), location(&done)),
+        (302, "/two".into())
+    );
     let done = browser.navigate(&first).await;
-    assert_eq!((done.status().as_u16(), location(&done)), (302, "/one".into()));
-    assert_eq!(browser.whoami(&proxy.url_for("app.test", "/one")).await.1, "alice");
+    assert_eq!(
+        (done.status().as_u16(), location(&done)),
+        (302, "/one".into())
+    );
+    assert_eq!(
+        browser.whoami(&proxy.url_for("app.test", "/one")).await.1,
+        "alice"
+    );
 }
 
 #[tokio::test]
@@ -201,7 +229,10 @@ async fn forged_replayed_and_foreign_states_get_400() {
     let mut thief = Browser::new(&proxy);
     assert_eq!(thief.navigate(&callback).await.status(), 400);
     assert_eq!(browser.navigate(&callback).await.status(), 400);
-    assert_eq!(thief.whoami(&proxy.url_for("app.test", "/public")).await.1, "anon");
+    assert_eq!(
+        thief.whoami(&proxy.url_for("app.test", "/public")).await.1,
+        "anon"
+    );
 
     // Replay of a completed callback.
     let callback = browser.start_login(&proxy.url_for("app.test", "/")).await;
@@ -234,7 +265,13 @@ async fn hostile_id_tokens_never_make_a_session() {
     }
     idp.set_token(Token::Good);
     let mut browser = Browser::new(&proxy);
-    assert_eq!(browser.login(&proxy.url_for("app.test", "/")).await.status(), 302);
+    assert_eq!(
+        browser
+            .login(&proxy.url_for("app.test", "/"))
+            .await
+            .status(),
+        302
+    );
 }
 
 #[tokio::test]
@@ -245,7 +282,10 @@ async fn return_paths_never_leave_the_origin() {
         let mut browser = Browser::new(&proxy);
         let done = browser.login(&proxy.url_for("app.test", path)).await;
         let to = location(&done);
-        assert!(to.starts_with('/') && !to.starts_with("//") && !to.contains('\\'), "{path} -> {to}");
+        assert!(
+            to.starts_with('/') && !to.starts_with("//") && !to.contains('\\'),
+            "{path} -> {to}"
+        );
     }
 }
 
@@ -255,10 +295,18 @@ async fn allow_roles_answer_403_to_a_logged_in_user() {
     let proxy = start(&app, &idp).await;
     let mut browser = Browser::new(&proxy);
     browser.login(&proxy.url_for("app.test", "/")).await;
-    let response = browser.navigate(&proxy.url_for("app.test", "/admin/x")).await;
+    let response = browser
+        .navigate(&proxy.url_for("app.test", "/admin/x"))
+        .await;
     assert_eq!(response.status(), 403, "not a redirect");
     assert!(!response.headers().contains_key("location"));
-    assert_eq!(browser.whoami(&proxy.url_for("app.test", "/staff/x")).await.0, 200);
+    assert_eq!(
+        browser
+            .whoami(&proxy.url_for("app.test", "/staff/x"))
+            .await
+            .0,
+        200
+    );
 }
 
 #[tokio::test]
@@ -276,23 +324,44 @@ async fn logout_ends_the_session_and_redirects_to_the_provider() {
         .unwrap();
     assert_eq!(response.status(), 303);
     let to = location(&response);
-    assert!(to.starts_with(&format!("{}/logout?id_token_hint=", idp.issuer())), "{to}");
+    assert!(
+        to.starts_with(&format!("{}/logout?id_token_hint=", idp.issuer())),
+        "{to}"
+    );
     let back = format!("https%3A%2F%2Fapp.test%3A{}%2F", proxy.https_addr.port());
-    assert!(to.contains(&format!("post_logout_redirect_uri={back}")), "{to}");
+    assert!(
+        to.contains(&format!("post_logout_redirect_uri={back}")),
+        "{to}"
+    );
     browser.keep(&response);
-    assert_eq!(browser.whoami(&proxy.url_for("app.test", "/public")).await.1, "anon");
+    assert_eq!(
+        browser
+            .whoami(&proxy.url_for("app.test", "/public"))
+            .await
+            .1,
+        "anon"
+    );
 }
 
 #[tokio::test]
 async fn backchannel_logout_reaches_every_instance_sharing_redis() {
     let (app, idp) = (App::start().await, Idp::start().await);
     let redis = Store::redis().await;
-    let text = config(&app, &idp.issuer(), &[]);
+    // Both instances share the secret (the config's `client_secret` hides from
+    // Store::apply that the session has none).
+    let text = config(&app, &idp.issuer(), &[]).replacen(
+        "[session]\n",
+        "[session]\nsecret = \"0123456789abcdef0123456789abcdef-shared\"\n",
+        1,
+    );
     let a = redis.start(text.clone()).await;
     let b = redis.start(text).await;
     let mut browser = Browser::new(&a);
     browser.login(&a.url_for("app.test", "/")).await;
-    assert_eq!(browser.whoami(&a.url_for("app.test", "/x")).await.1, "alice");
+    assert_eq!(
+        browser.whoami(&a.url_for("app.test", "/x")).await.1,
+        "alice"
+    );
 
     let endpoint = b.url_for("app.test", "/.cloakroom/oidc/backchannel");
     let post = |token: String| {
@@ -303,15 +372,28 @@ async fn backchannel_logout_reaches_every_instance_sharing_redis() {
     };
     let forged = idp.logout_token("another-client", serde_json::json!({"sid": "sid-1"}));
     assert_eq!(post(forged).await.unwrap().status(), 400);
-    let with_nonce = idp.logout_token("cloakroom", serde_json::json!({"sid": "sid-1", "nonce": "n"}));
+    let with_nonce = idp.logout_token(
+        "cloakroom",
+        serde_json::json!({"sid": "sid-1", "nonce": "n"}),
+    );
     assert_eq!(post(with_nonce).await.unwrap().status(), 400);
-    assert_eq!(browser.whoami(&a.url_for("app.test", "/x")).await.1, "alice");
+    assert_eq!(
+        browser.whoami(&a.url_for("app.test", "/x")).await.1,
+        "alice"
+    );
 
     let token = idp.logout_token("cloakroom", serde_json::json!({"sid": "sid-1"}));
     assert_eq!(post(token.clone()).await.unwrap().status(), 200);
-    assert_eq!(post(token).await.unwrap().status(), 400, "a replayed jti is refused");
+    assert_eq!(
+        post(token).await.unwrap().status(),
+        400,
+        "a replayed jti is refused"
+    );
     let (status, _) = browser.whoami(&a.url_for("app.test", "/x")).await;
-    assert_eq!(status, 302, "the session on the other instance ended: login again");
+    assert_eq!(
+        status, 302,
+        "the session on the other instance ended: login again"
+    );
 }
 
 #[tokio::test]
@@ -321,16 +403,26 @@ async fn provider_down_gives_503_fast_and_sessions_keep_working() {
     let mut browser = Browser::new(&proxy);
     browser.login(&proxy.url_for("app.test", "/")).await;
     idp.stop();
-    assert_eq!(browser.whoami(&proxy.url_for("app.test", "/x")).await.1, "alice");
+    assert_eq!(
+        browser.whoami(&proxy.url_for("app.test", "/x")).await.1,
+        "alice"
+    );
 
     // A provider never reached: login routes answer 503 within the call deadline.
     let down = Store::Memory
-        .start(config(&app, &format!("http://{}", common::refused_addr()), &[]))
+        .start(config(
+            &app,
+            &format!("http://{}", common::refused_addr()),
+            &[],
+        ))
         .await;
     let mut browser = Browser::new(&down);
     let began = Instant::now();
     let response = browser.navigate(&down.url_for("app.test", "/")).await;
     assert_eq!(response.status(), 503);
     assert!(began.elapsed() < Duration::from_secs(6));
-    assert_eq!(browser.whoami(&down.url_for("app.test", "/public")).await.0, 200);
+    assert_eq!(
+        browser.whoami(&down.url_for("app.test", "/public")).await.0,
+        200
+    );
 }

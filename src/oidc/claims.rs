@@ -227,7 +227,8 @@ mod tests {
 
     #[test]
     fn every_id_token_check_refuses() {
-        let cases: Vec<(Value, fn(&TokenError) -> bool)> = vec![
+        type Case = (Value, fn(&TokenError) -> bool);
+        let cases: Vec<Case> = vec![
             (
                 with(|m| drop(m.insert("iss".into(), json!("https://evil.test")))),
                 |e| matches!(e, TokenError::Issuer),

@@ -81,13 +81,13 @@ impl Jwk {
         if self.alg.is_some_and(|pinned| pinned != alg) {
             return false;
         }
-        match (&self.key, alg) {
-            (PublicKey::Rsa { .. }, Alg::Rs256 | Alg::Ps256) => true,
-            (PublicKey::Ec { p384: false, .. }, Alg::Es256) => true,
-            (PublicKey::Ec { p384: true, .. }, Alg::Es384) => true,
-            (PublicKey::Ed25519(_), Alg::EdDsa) => true,
-            _ => false,
-        }
+        matches!(
+            (&self.key, alg),
+            (PublicKey::Rsa { .. }, Alg::Rs256 | Alg::Ps256)
+                | (PublicKey::Ec { p384: false, .. }, Alg::Es256)
+                | (PublicKey::Ec { p384: true, .. }, Alg::Es384)
+                | (PublicKey::Ed25519(_), Alg::EdDsa)
+        )
     }
 
     fn verify(&self, alg: Alg, message: &[u8], signature: &[u8]) -> bool {

@@ -24,7 +24,6 @@ pub(crate) async fn logout<B>(
     state: &AppState,
     rt: &Runtime,
     request: &Request<B>,
-    host: &str,
     set_cookie: &mut Option<HeaderValue>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if request.method() != Method::POST {
@@ -37,7 +36,7 @@ pub(crate) async fn logout<B>(
     }
     check_csrf(request)?;
     // With `[oidc] logout_at_idp`, a session that logged in there ends there too.
-    let at_idp = super::oidc::logout_target(state, rt, request, host).await;
+    let at_idp = super::oidc::logout_target(state, rt, request).await;
     // A sealed session has nothing on the server to destroy: expiring the cookie is all.
     if let SessionBackend::Server(store) = &state.backend {
         if let Some(token) = rt.cookie.find(request.headers()) {

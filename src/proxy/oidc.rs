@@ -38,6 +38,20 @@ fn page(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     response
 }
 
+/// The request's authority as the browser wrote it (`host[:port]`), for URLs that
+/// bring the browser back here; `None` when it holds anything but host characters.
+pub(crate) fn authority<B>(request: &Request<B>) -> Option<String> {
+    let text = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    let ok = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| text.to_ascii_lowercase())
+}
+
 /// What a failed login step answers (the cause is logged, never shown).
 fn failure(error: OidcError) -> Result<Response<ResponseBody>, ProxyError> {
     let response = match &error {
@@ -105,7 +119,6 @@ pub(crate) async fn gate<B>(
     route: &RouteConfig,
     ctx: &SessionCtx,
     request: &Request<B>,
-    host: &str,
     now: u64,
 ) -> Result<Option<(Response<ResponseBody>, &'static str)>, ProxyError> {
     if let Some(user) = ctx.session.user() {
@@ -135,8 +148,11 @@ pub(crate) async fn gate<B>(
         return Ok(Some((response, "login_required")));
     }
     let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let Some(host) = authority(request) else {
+        return Err(ProxyError::BadRequest("bad Host"));
+    };
     let started = match oidc
-        .start(&*cx.state.kv, host, path, request.headers(), now / 1000)
+        .start(&*cx.state.kv, &host, path, request.headers(), now / 1000)
         .await
     {
         Ok(started) => started,
@@ -278,8 +294,8 @@ pub(crate) async fn logout_target<B>(
     state: &AppState,
     rt: &Runtime,
     request: &Request<B>,
-    host: &str,
 ) -> Option<String> {
+    let host = authority(request)?;
     let oidc = rt.oidc.as_ref().filter(|o| o.config.logout_at_idp)?;
     let public_id: PublicId = match &state.backend {
         SessionBackend::Sealed => {

@@ -187,7 +187,7 @@ async fn request_filter<'rt>(
         }
     }
     if request.uri().path() == LOGOUT_PATH {
-        let response = endpoints::logout(state, rt, request, host, &mut extras.set_cookie).await?;
+        let response = endpoints::logout(state, rt, request, &mut extras.set_cookie).await?;
         return Ok(Filtered::Answer(response));
     }
     if let (crate::oidc::CALLBACK_PATH, Some(oidc)) = (request.uri().path(), &rt.oidc) {
@@ -245,9 +245,7 @@ async fn request_filter<'rt>(
             return Ok(Filtered::Answer(response));
         }
         if route.login_oidc || route.allow.any() {
-            if let Some((response, why)) =
-                super::oidc::gate(cx, route, &ctx, request, host, now).await?
-            {
+            if let Some((response, why)) = super::oidc::gate(cx, route, &ctx, request, now).await? {
                 access.refused = Some(why);
                 return Ok(Filtered::Answer(response));
             }

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -41,11 +40,10 @@ struct Shared {
     /// code -> (nonce, code_challenge)
     codes: HashMap<String, (String, String)>,
     next: u64,
-    pub claims: Value,
+    claims: Value,
 }
 
 pub struct Idp {
-    pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -106,7 +104,7 @@ impl Idp {
                 });
             }
         });
-        Idp { addr, shared, task }
+        Idp { shared, task }
     }
 
     pub fn issuer(&self) -> String {
@@ -115,14 +113,6 @@ impl Idp {
 
     pub fn set_token(&self, mode: Token) {
         self.shared.lock().unwrap().mode = mode;
-    }
-
-    /// Merges `more` into the claims of the next ID tokens.
-    pub fn set_claims(&self, more: Value) {
-        let mut s = self.shared.lock().unwrap();
-        if let (Value::Object(claims), Value::Object(more)) = (&mut s.claims, more) {
-            claims.extend(more);
-        }
     }
 
     /// Stops answering (connections refused).
@@ -139,7 +129,11 @@ impl Idp {
         if let (Value::Object(b), Value::Object(more)) = (&mut body, claims) {
             b.extend(more);
         }
-        sign(&s.key, json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"}), &body)
+        sign(
+            &s.key,
+            json!({"alg": "EdDSA", "kid": "k1", "typ": "logout+jwt"}),
+            &body,
+        )
     }
 }
 
@@ -167,7 +161,9 @@ fn json_response(value: Value) -> Response<Full<Bytes>> {
 }
 
 fn query_map(text: &str) -> HashMap<String, String> {
-    form_urlencoded::parse(text.as_bytes()).into_owned().collect()
+    form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect()
 }
 
 async fn handle(shared: &Mutex<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -185,8 +181,10 @@ async fn handle(shared: &Mutex<Shared>, req: Request<Incoming>) -> Response<Full
             "end_session_endpoint": format!("{issuer}/logout"),
             "id_token_signing_alg_values_supported": ["EdDSA", "RS256"],
         })),
-        "/jwks" => json_response(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
-            "use": "sig", "x": enc(s.key.public_key().as_ref())}]})),
+        "/jwks" => json_response(
+            json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+            "use": "sig", "x": enc(s.key.public_key().as_ref())}]}),
+        ),
         "/authorize" => {
             s.next += 1;
             let code = format!("code-{}", s.next);
@@ -216,14 +214,17 @@ async fn handle(shared: &Mutex<Shared>, req: Request<Incoming>) -> Response<Full
                 return r;
             };
             let verifier = form.get("code_verifier").cloned().unwrap_or_default();
-            let computed = enc(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+            let computed =
+                enc(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
             if computed != challenge {
                 let mut r = json_response(json!({"error": "invalid_grant", "why": "pkce"}));
                 *r.status_mut() = StatusCode::BAD_REQUEST;
                 return r;
             }
             let id_token = id_token(&s, &nonce);
-            json_response(json!({"id_token": id_token, "access_token": "at-1", "token_type": "Bearer"}))
+            json_response(
+                json!({"id_token": id_token, "access_token": "at-1", "token_type": "Bearer"}),
+            )
         }
         _ => {
             let mut r = Response::new(Full::new(Bytes::from_static(b"not found")));
@@ -283,7 +284,10 @@ fn id_token(s: &Shared, nonce: &str) -> String {
                 enc(claims.to_string().as_bytes())
             );
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.key.public_key().as_ref());
-            format!("{input}.{}", enc(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+            format!(
+                "{input}.{}",
+                enc(ring::hmac::sign(&key, input.as_bytes()).as_ref())
+            )
         }
     }
 }
