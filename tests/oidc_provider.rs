@@ -216,3 +216,47 @@ async fn login_through_oidc_provider() {
         "{to}"
     );
 }
+
+/// What a person sees: headless Chromium through the whole login
+/// (tests/oidc/browser.py).
+#[tokio::test]
+async fn login_in_a_real_browser() {
+    let provider = Provider::start().await;
+    let app = App::start().await;
+    let config = ProxyConfig::new()
+        .table("session", "")
+        .upstream("app", [app.server()])
+        .route(Route::new("/", "app").keys("login = \"oidc\""))
+        .raw(&format!(
+            "[oidc]\nissuer = \"{}\"\nclient_id = \"cloakroom\"\nclient_secret = \"s3cret\"\n\
+             user_claim = \"email\"\nallow_http_loopback = true\n",
+            provider.issuer
+        ))
+        .build();
+    let proxy = Store::Memory.start(config).await;
+    let url = proxy.url_for("app.test", "/reports?from=browser");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/browser.py");
+    let run = tokio::process::Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(&url)
+        .arg("MAP app.test 127.0.0.1")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the browser run ends")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("alice@example.com"), "{stdout}");
+    assert_eq!(
+        lines.next(),
+        Some(url.as_str()),
+        "back on the page it started from"
+    );
+}
