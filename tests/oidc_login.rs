@@ -122,6 +122,16 @@ fn config(app: &App, issuer: &str, extra_routes: &[Route]) -> String {
         .build()
 }
 
+/// `config` with a session secret (instances sharing a store share it; the config's
+/// `client_secret` hides from `Store::apply` that the session has none).
+fn with_secret(config: String) -> String {
+    config.replacen(
+        "[session]\n",
+        "[session]\nsecret = \"0123456789abcdef0123456789abcdef-shared\"\n",
+        1,
+    )
+}
+
 async fn start(app: &App, idp: &Idp) -> TestProxy {
     Store::Memory.start(config(app, &idp.issuer(), &[])).await
 }
@@ -347,13 +357,7 @@ async fn logout_ends_the_session_and_redirects_to_the_provider() {
 async fn backchannel_logout_reaches_every_instance_sharing_redis() {
     let (app, idp) = (App::start().await, Idp::start().await);
     let redis = Store::redis().await;
-    // Both instances share the secret (the config's `client_secret` hides from
-    // Store::apply that the session has none).
-    let text = config(&app, &idp.issuer(), &[]).replacen(
-        "[session]\n",
-        "[session]\nsecret = \"0123456789abcdef0123456789abcdef-shared\"\n",
-        1,
-    );
+    let text = with_secret(config(&app, &idp.issuer(), &[]));
     let a = redis.start(text.clone()).await;
     let b = redis.start(text).await;
     let mut browser = Browser::new(&a);
@@ -425,4 +429,41 @@ async fn provider_down_gives_503_fast_and_sessions_keep_working() {
         browser.whoami(&down.url_for("app.test", "/public")).await.0,
         200
     );
+}
+
+#[tokio::test]
+async fn cookie_store_seals_the_pending_login_into_its_cookie() {
+    let (app, idp) = (App::start().await, Idp::start().await);
+    let proxy = Store::Cookie
+        .start(with_secret(config(&app, &idp.issuer(), &[])))
+        .await;
+    let mut browser = Browser::new(&proxy);
+    let callback = browser.start_login(&proxy.url_for("app.test", "/c")).await;
+    let pending: Vec<_> = browser
+        .jar
+        .iter()
+        .filter(|(k, _)| k.starts_with("__Host-cloakroom-oidc-"))
+        .map(|(_, v)| v.len())
+        .collect();
+    assert_eq!(pending.len(), 1);
+    eprintln!("sealed pending-login cookie: {} bytes of value", pending[0]);
+    let copied = browser.jar.clone();
+    let done = browser.navigate(&callback).await;
+    assert_eq!(
+        (done.status().as_u16(), location(&done)),
+        (302, "/c".into())
+    );
+    assert_eq!(
+        browser.whoami(&proxy.url_for("app.test", "/c")).await.1,
+        "alice"
+    );
+    // The same cookie and callback again: redeemed once.
+    let mut replay = Browser::new(&proxy);
+    replay.jar = copied;
+    assert_eq!(replay.navigate(&callback).await.status(), 400);
+    // Another browser without the cookie.
+    let callback = Browser::new(&proxy)
+        .start_login(&proxy.url_for("app.test", "/d"))
+        .await;
+    assert_eq!(Browser::new(&proxy).navigate(&callback).await.status(), 400);
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::claims::{self, Expect};
 use super::{Oidc, OidcError, TokenError};
 use crate::random::random_bytes;
-use crate::session::store::KeyValue;
+use crate::session::store::{KeyValue, SealedCodec};
 
 /// How long a started login may take.
 pub(crate) const PENDING_TTL: std::time::Duration = std::time::Duration::from_secs(600);
@@ -40,9 +40,16 @@ struct Pending {
     nonce: String,
     return_to: String,
     redirect_uri: String,
-    /// The SHA-256 (base64url) of the per-login cookie's secret.
+    /// The SHA-256 (base64url) of the per-login cookie's secret (server-side
+    /// stores), or of the state (sealed into the cookie with `store = "cookie"`).
     binding: String,
+    /// Unix seconds the login started.
+    started: u64,
 }
+
+/// With `store = "cookie"`, pending logins are sealed into their cookie under this
+/// context (never opens as a session).
+const SEAL_CONTEXT: &[u8] = b"oidc-login";
 
 /// The answer to a navigation that needs a login.
 #[derive(Debug)]
@@ -132,6 +139,7 @@ impl Oidc {
         path_and_query: &str,
         headers: &HeaderMap,
         now_s: u64,
+        sealer: Option<&SealedCodec>,
     ) -> Result<Started, OidcError> {
         let provider = self.provider().await?;
         let state = random_text()?;
@@ -144,11 +152,21 @@ impl Oidc {
             nonce: nonce.clone(),
             return_to: safe_return(path_and_query),
             redirect_uri: redirect_uri.clone(),
-            binding: sha256_b64(&secret),
+            binding: sha256_b64(if sealer.is_some() { &state } else { &secret }),
+            started: now_s,
         };
         let value = serde_json::to_vec(&pending)
             .map_err(|e| OidcError::Provider(format!("pending login: {e}")))?;
-        kv.put(&pending_key(&state), &value, PENDING_TTL).await?;
+        // Server-side under the state; with the cookie store, sealed into the cookie.
+        let carried = match sealer {
+            Some(sealer) => sealer
+                .seal_bytes(SEAL_CONTEXT, value)
+                .map_err(|e| OidcError::Provider(format!("pending login: {e}")))?,
+            None => {
+                kv.put(&pending_key(&state), &value, PENDING_TTL).await?;
+                secret
+            }
+        };
 
         let challenge = sha256_b64(&verifier);
         let query = form_urlencoded::Serializer::new(String::new())
@@ -188,7 +206,7 @@ impl Oidc {
         );
         cookies.extend(cookie(
             &name,
-            &format!("{now_s}.{secret}"),
+            &format!("{now_s}.{carried}"),
             PENDING_TTL.as_secs(),
         ));
         Ok(Started { location, cookies })
@@ -202,6 +220,7 @@ impl Oidc {
         uri: &Uri,
         headers: &HeaderMap,
         now_s: u64,
+        sealer: Option<&SealedCodec>,
     ) -> Result<LoggedIn, OidcError> {
         let query = uri.query().unwrap_or_default();
         let param = |name: &str| {
@@ -212,24 +231,46 @@ impl Oidc {
         let state = param("state")
             .filter(|s| !s.is_empty() && s.len() <= 128)
             .ok_or(OidcError::BadState)?;
-        let stored = kv
-            .take(&pending_key(&state))
-            .await?
-            .ok_or(OidcError::BadState)?;
-        let pending: Pending = serde_json::from_slice(&stored).map_err(|_| OidcError::BadState)?;
         let name = format!(
             "{COOKIE_PREFIX}{}",
             state.get(..COOKIE_STATE_CHARS).unwrap_or(&state)
         );
-        let bound = login_cookies(headers).into_iter().any(|(n, value)| {
-            n == name
-                && value
-                    .split_once('.')
-                    .is_some_and(|(_, secret)| sha256_b64(secret) == pending.binding)
-        });
-        if !bound {
-            return Err(OidcError::BadState);
-        }
+        let carried = login_cookies(headers)
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, value)| value.split_once('.').map(|(_, c)| c.to_owned()));
+        let pending = match sealer {
+            None => {
+                let stored = kv
+                    .take(&pending_key(&state))
+                    .await?
+                    .ok_or(OidcError::BadState)?;
+                let pending: Pending =
+                    serde_json::from_slice(&stored).map_err(|_| OidcError::BadState)?;
+                // Bound to this browser: its cookie holds the secret.
+                if carried.as_deref().map(sha256_b64).as_ref() != Some(&pending.binding) {
+                    return Err(OidcError::BadState);
+                }
+                pending
+            }
+            Some(sealer) => {
+                let plain = carried
+                    .and_then(|c| sealer.open_bytes(SEAL_CONTEXT, &c))
+                    .ok_or(OidcError::BadState)?;
+                let pending: Pending =
+                    serde_json::from_slice(&plain).map_err(|_| OidcError::BadState)?;
+                let fresh = now_s.saturating_sub(pending.started) <= PENDING_TTL.as_secs();
+                if pending.binding != sha256_b64(&state) || !fresh {
+                    return Err(OidcError::BadState);
+                }
+                // Redeemed once (per process: the cookie store shares nothing).
+                let used = format!("oidc:used:{}", pending.binding);
+                if !kv.put_new(&used, b"1", PENDING_TTL).await? {
+                    return Err(OidcError::BadState);
+                }
+                pending
+            }
+        };
         if let Some(error) = param("error") {
             let shown: String = error
                 .chars()

@@ -25,6 +25,11 @@ use crate::state::{AppState, Runtime};
 /// Largest back-channel request body.
 const MAX_BACKCHANNEL_BODY: usize = 64 * 1024;
 
+/// With `store = "cookie"`: the codec pending logins are sealed with.
+fn sealer<'r>(state: &AppState, rt: &'r Runtime) -> Option<&'r crate::session::store::SealedCodec> {
+    matches!(state.backend, SessionBackend::Sealed).then_some(&rt.sealed)
+}
+
 /// A short page with `status`.
 fn page(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::full(text));
@@ -152,7 +157,14 @@ pub(crate) async fn gate<B>(
         return Err(ProxyError::BadRequest("bad Host"));
     };
     let started = match oidc
-        .start(&*cx.state.kv, &host, path, request.headers(), now / 1000)
+        .start(
+            &*cx.state.kv,
+            &host,
+            path,
+            request.headers(),
+            now / 1000,
+            sealer(cx.state, cx.rt),
+        )
         .await
     {
         Ok(started) => started,
@@ -184,7 +196,13 @@ pub(crate) async fn callback<B>(
     }
     let now = state.clock.now_ms();
     let login = match oidc
-        .callback(&*state.kv, request.uri(), request.headers(), now / 1000)
+        .callback(
+            &*state.kv,
+            request.uri(),
+            request.headers(),
+            now / 1000,
+            sealer(state, rt),
+        )
         .await
     {
         Ok(login) => login,
