@@ -467,3 +467,17 @@ async fn cookie_store_seals_the_pending_login_into_its_cookie() {
         .await;
     assert_eq!(Browser::new(&proxy).navigate(&callback).await.status(), 400);
 }
+
+#[tokio::test]
+async fn an_expired_login_state_gets_400() {
+    let (app, idp) = (App::start().await, Idp::start().await);
+    let proxy = Store::Cookie
+        .builder(&with_secret(config(&app, &idp.issuer(), &[])))
+        .manual_clock()
+        .start()
+        .await;
+    let mut browser = Browser::new(&proxy);
+    let callback = browser.start_login(&proxy.url_for("app.test", "/")).await;
+    proxy.advance(Duration::from_secs(11 * 60));
+    assert_eq!(browser.navigate(&callback).await.status(), 400);
+}
