@@ -21,6 +21,7 @@ pub mod inject;
 pub mod listener;
 pub mod log;
 pub mod metrics;
+pub mod oidc;
 mod plain_http;
 pub mod proxy;
 pub mod random;
@@ -226,6 +227,9 @@ pub async fn run(
     background.spawn(health::run(state.clone()));
     if let Some(acme) = acme {
         background.spawn(acme.run(state.stop.clone()));
+    }
+    if let Some(oidc) = state.runtime().oidc.clone() {
+        background.spawn(oidc.warm_up(state.stop.clone()));
     }
     if let Some(sweep) = state.sweep.clone() {
         background.spawn(sweep_sessions(state.clone(), sweep));

@@ -134,6 +134,8 @@ mod tests {
             csrf: true,
             require_user: false,
             login_url: None,
+            login_oidc: false,
+            allow: Default::default(),
             timeout: None,
         }
     }

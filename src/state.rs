@@ -54,6 +54,9 @@ pub struct Runtime {
     pub(crate) assertions: Option<Arc<Assertions>>,
     /// The rate limiters (shared with the next generation while the rates stay).
     pub(crate) rate_limits: Arc<RateLimits>,
+    /// The OIDC relying party (`[oidc]`); kept by the next generation while the table
+    /// stays the same, so its discovery cache survives reloads.
+    pub(crate) oidc: Option<Arc<crate::oidc::Oidc>>,
 }
 
 /// State shared by every connection of the process.
@@ -71,6 +74,9 @@ pub struct AppState {
     /// The upkeep side (expired sessions removed in the background); `None` when the
     /// backend needs none.
     pub(crate) sweep: Option<Arc<dyn Sweep>>,
+    /// Small values with a TTL where the sessions are (OIDC logins in progress, the
+    /// back-channel replay guard and `sid` index).
+    pub(crate) kv: Arc<dyn crate::session::store::KeyValue>,
     /// The restart-only settings the process started with; a reload that changes
     /// one is refused.
     restart_only: RestartOnly,
@@ -142,6 +148,7 @@ impl AppState {
             backend: sessions.backend,
             index: sessions.index,
             sweep: sessions.sweep,
+            kv: sessions.kv,
             restart_only,
             fallback_secret,
             fallback_assertion_key,
@@ -186,6 +193,9 @@ impl AppState {
         if next.rate_limits.rates() == current.rate_limits.rates() {
             // Same rates: keep counting where the running limiters are.
             next.rate_limits = current.rate_limits.clone();
+        }
+        if next.config.oidc == current.config.oidc {
+            next.oidc = current.oidc.clone();
         }
         let generation = next.generation;
         // Certificates first: a request on the new routes may arrive on a new handshake.
@@ -258,6 +268,12 @@ fn build_runtime(
         inject: InjectRules::new(&config.inject, &config.control).with_security(&config.security),
         assertions: assertions(&config, fallback_assertion_key),
         rate_limits: Arc::new(RateLimits::new(config.security.rates)),
+        oidc: config.oidc.as_ref().and_then(|settings| {
+            crate::oidc::Oidc::new(settings)
+                .map_err(|error| tracing::error!(%error, "[oidc] is off: {error}"))
+                .ok()
+                .map(Arc::new)
+        }),
         config,
     }
 }

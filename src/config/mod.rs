@@ -51,6 +51,27 @@ pub struct Config {
     /// Header hygiene, rate limits, assertion, hijack signals, HSTS (keys of several
     /// sections, gathered).
     pub security: SecurityConfig,
+    /// `[oidc]`: the built-in login; `None` = off.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[oidc]`: the OpenID Connect provider the built-in login uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OidcConfig {
+    /// Exactly as the provider names itself (no trailing-slash games).
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE alone).
+    pub client_secret: Option<Secret>,
+    /// Always starts with `openid`.
+    pub scopes: Vec<String>,
+    pub user_claim: String,
+    /// `None`: no roles from the provider.
+    pub roles_claim: Option<String>,
+    /// Extra PEM roots trusted for the provider, loaded at validation.
+    pub ca: Option<PathBuf>,
+    pub allow_http_loopback: bool,
+    pub logout_at_idp: bool,
 }
 
 /// `[listen]`
@@ -457,8 +478,51 @@ pub struct RouteConfig {
     pub csrf: bool,
     pub require_user: bool,
     pub login_url: Option<String>,
+    /// `login = "oidc"`: requests without a user start the built-in login.
+    pub login_oidc: bool,
+    /// `allow_users`, `allow_domains`, `allow_roles`: with a user, anyone matching none
+    /// of them gets 403 (all empty = any user).
+    pub allow: Allow,
     /// Overrides `timeouts.upstream`.
     pub timeout: Option<Duration>,
+}
+
+/// A route's `allow_*` lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allow {
+    pub users: Vec<String>,
+    /// Lower-case, without `@`.
+    pub domains: Vec<String>,
+    pub roles: Vec<String>,
+}
+
+impl Allow {
+    /// Whether any list is set.
+    pub fn any(&self) -> bool {
+        !(self.users.is_empty() && self.domains.is_empty() && self.roles.is_empty())
+    }
+
+    /// Whether `user` with `roles` (comma-separated) may pass: allowed when no list is
+    /// set, else when one entry of any list matches.
+    pub fn permits(&self, user: &str, roles: Option<&str>) -> bool {
+        if !self.any() {
+            return true;
+        }
+        if self.users.iter().any(|u| u == user) {
+            return true;
+        }
+        if let Some((_, domain)) = user.rsplit_once('@') {
+            if self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+                return true;
+            }
+        }
+        roles.is_some_and(|roles| {
+            roles
+                .split(',')
+                .map(str::trim)
+                .any(|r| self.roles.iter().any(|a| a == r))
+        })
+    }
 }
 
 impl Config {

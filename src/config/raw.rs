@@ -44,6 +44,39 @@ pub(super) struct RawConfig {
     pub(super) upstreams: RawUpstreams,
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
+    /// `[oidc]`: absent = no built-in login.
+    pub(super) oidc: Option<RawOidc>,
+}
+
+/// `[oidc]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    #[serde(default)]
+    pub(super) issuer: String,
+    #[serde(default)]
+    pub(super) client_id: String,
+    pub(super) client_secret: Option<String>,
+    #[serde(default = "default_oidc_scopes")]
+    pub(super) scopes: Vec<String>,
+    #[serde(default = "default_user_claim")]
+    pub(super) user_claim: String,
+    #[serde(default)]
+    pub(super) roles_claim: String,
+    #[serde(default)]
+    pub(super) ca: String,
+    #[serde(default)]
+    pub(super) allow_http_loopback: bool,
+    #[serde(default = "default_true")]
+    pub(super) logout_at_idp: bool,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".to_owned(), "email".to_owned()]
+}
+
+fn default_user_claim() -> String {
+    "sub".to_owned()
 }
 
 /// `[listen]`
@@ -526,6 +559,14 @@ pub(super) struct RawRoute {
     #[serde(default)]
     pub(super) require_user: bool,
     pub(super) login_url: Option<String>,
+    /// `"oidc"`: requests without a user start the built-in login.
+    pub(super) login: Option<String>,
+    #[serde(default)]
+    pub(super) allow_users: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_domains: Vec<String>,
+    #[serde(default)]
+    pub(super) allow_roles: Vec<String>,
     pub(super) timeout: Option<String>,
 }
 

@@ -22,6 +22,7 @@ mod checks;
 mod headers;
 mod limits;
 mod listen;
+mod oidc;
 mod postgres;
 mod redis;
 mod routing;
@@ -142,7 +143,9 @@ impl Validator<'_> {
             self.unique_headers(inject, control);
         }
         let upstreams = self.upstreams(raw.upstreams.0);
-        let routes = self.routes(raw.routes, &upstreams);
+        let oidc = raw.oidc.map(|o| self.oidc(o));
+        let oidc_failed = matches!(oidc, Some(None));
+        let routes = self.routes(raw.routes, &upstreams, oidc.is_some());
         if let Some(raw_acme) = raw_acme {
             let acme = self.acme(raw_acme, listen.as_ref(), routes.as_deref());
             if let Some(tls) = &mut tls {
@@ -170,6 +173,11 @@ impl Validator<'_> {
             routes: routes?,
             warnings: Vec::new(),
             security: security?,
+            oidc: if oidc_failed {
+                return None;
+            } else {
+                oidc.flatten()
+            },
         })
     }
 

@@ -26,6 +26,18 @@ pub(crate) struct Control {
     pub(super) logout_everywhere: bool,
 }
 
+impl Control {
+    /// A login by cloakroom itself (OIDC): the same user and roles an upstream's
+    /// `set_user`/`set_roles` would bind (an empty roles value clears old roles).
+    pub(crate) fn login(user: &str, roles: Option<&str>) -> Control {
+        Control {
+            set_user: HeaderValue::from_str(user).ok(),
+            set_roles: HeaderValue::from_str(roles.unwrap_or_default()).ok(),
+            ..Control::default()
+        }
+    }
+}
+
 /// Removes every control header and every `Set-Cookie` for our cookie from an upstream
 /// response, whatever the route; returns what they asked for.
 pub(crate) fn take_control(

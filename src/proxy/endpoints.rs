@@ -35,6 +35,8 @@ pub(crate) async fn logout<B>(
         return Ok(response);
     }
     check_csrf(request)?;
+    // With `[oidc] logout_at_idp`, a session that logged in there ends there too.
+    let at_idp = super::oidc::logout_target(state, rt, request).await;
     // A sealed session has nothing on the server to destroy: expiring the cookie is all.
     if let SessionBackend::Server(store) = &state.backend {
         if let Some(token) = rt.cookie.find(request.headers()) {
@@ -43,7 +45,9 @@ pub(crate) async fn logout<B>(
         }
     }
     *set_cookie = rt.cookie.expire_cookie();
-    let next = next_target(request.uri()).unwrap_or_else(|| "/".to_string());
+    let next = at_idp
+        .or_else(|| next_target(request.uri()))
+        .unwrap_or_else(|| "/".to_string());
     let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(value) = HeaderValue::from_str(&next) {

@@ -13,6 +13,7 @@ mod endpoints;
 mod error;
 pub(crate) mod headers;
 mod hijack;
+mod oidc;
 mod pipeline;
 mod send;
 mod session;

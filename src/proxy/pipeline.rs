@@ -94,6 +94,9 @@ pub(crate) async fn run(
     access: &mut AccessRecord,
     extras: &mut Extras,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    if let (crate::oidc::BACKCHANNEL_PATH, Some(oidc)) = (request.uri().path(), &cx.rt.oidc) {
+        return super::oidc::backchannel(cx.state, oidc, request).await;
+    }
     let admitted = match request_filter(cx, &request, access, extras).await? {
         Filtered::Answer(response) => return Ok(response),
         Filtered::Forward(admitted) => admitted,
@@ -187,6 +190,10 @@ async fn request_filter<'rt>(
         let response = endpoints::logout(state, rt, request, &mut extras.set_cookie).await?;
         return Ok(Filtered::Answer(response));
     }
+    if let (crate::oidc::CALLBACK_PATH, Some(oidc)) = (request.uri().path(), &rt.oidc) {
+        let response = super::oidc::callback(cx, oidc, request, &mut extras.set_cookie).await?;
+        return Ok(Filtered::Answer(response));
+    }
     if let (JWKS_PATH, Some(assertions)) = (request.uri().path(), &rt.assertions) {
         return Ok(Filtered::Answer(endpoints::jwks(
             assertions,
@@ -236,6 +243,12 @@ async fn request_filter<'rt>(
         if let Some(response) = session::require_user(route, &ctx, request) {
             access.refused = Some("require_user");
             return Ok(Filtered::Answer(response));
+        }
+        if route.login_oidc || route.allow.any() {
+            if let Some((response, why)) = super::oidc::gate(cx, route, &ctx, request, now).await? {
+                access.refused = Some(why);
+                return Ok(Filtered::Answer(response));
+            }
         }
         Some(ctx)
     } else {

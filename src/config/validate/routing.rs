@@ -156,6 +156,7 @@ impl Validator<'_> {
         &mut self,
         raw: Vec<RawRoute>,
         upstreams: &[(String, Option<UpstreamConfig>)],
+        oidc_on: bool,
     ) -> Option<Vec<RouteConfig>> {
         if raw.is_empty() {
             self.error(
@@ -216,6 +217,8 @@ impl Validator<'_> {
                      remove one of them",
                 );
             }
+            let login_oidc = self.route_login(&prefix, &route, oidc_on);
+            let allow = self.route_allow(&prefix, &route);
             let timeout: Option<Option<Duration>> = match &route.timeout {
                 Some(t) => self.duration(&format!("{prefix}.timeout"), t).map(Some),
                 None => Some(None),
@@ -242,6 +245,8 @@ impl Validator<'_> {
                     csrf: route.csrf.unwrap_or(route.session),
                     require_user: route.require_user,
                     login_url: route.login_url.clone(),
+                    login_oidc,
+                    allow: allow.clone(),
                     timeout: timeout?,
                 })
             })();

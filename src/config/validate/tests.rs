@@ -751,3 +751,41 @@ fn sentinel_rules() {
         && !e.message.contains("other")
         && e.line.is_some()));
 }
+
+#[test]
+fn oidc_table_and_routes() {
+    let f = Fixture::new();
+    let ok = f.ok(&format!(
+        "{MINIMAL}login = \"oidc\"\nallow_domains = [\"@Example.com\"]\n\n[oidc]\n\
+         issuer = \"https://idp.example.com\"\nclient_id = \"cr\"\nscopes = [\"email\", \"openid\"]\n"
+    ));
+    let oidc = ok.oidc.as_ref().unwrap();
+    assert_eq!(oidc.scopes, ["openid", "email"]);
+    assert_eq!(oidc.user_claim, "sub");
+    assert!(oidc.logout_at_idp && oidc.client_secret.is_none());
+    assert!(ok.routes[0].login_oidc);
+    assert_eq!(ok.routes[0].allow.domains, ["example.com"]);
+
+    let e = f.error(
+        &with("[oidc]\nissuer = \"http://idp.example.com\"\nclient_id = \"cr\""),
+        "oidc.issuer",
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains("proxy.toml:") && shown.contains("https://"),
+        "{shown}"
+    );
+    f.error(
+        &with("[oidc]\nissuer = \"https://idp.example.com\""),
+        "oidc.client_id",
+    );
+    f.ok(&with(
+        "[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"c\"\nallow_http_loopback = true",
+    ));
+    f.error(
+        &with("[oidc]\nissuer = \"https://i.test\"\nclient_id = \"c\"\nca = \"certs/cert.pem\""),
+        "oidc.ca",
+    );
+    f.error(&format!("{MINIMAL}login = \"oidc\"\n"), "routes[0].login");
+    f.error(&format!("{MINIMAL}login = \"saml\"\n"), "routes[0].login");
+}

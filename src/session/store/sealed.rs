@@ -88,28 +88,54 @@ impl SealedCodec {
 
     /// The cookie value holding `session`.
     pub fn seal(&self, session: &Session) -> Result<String, SealError> {
+        self.seal_bytes(b"", record::encode(session))
+    }
+
+    /// The session in `value`, if the value is authentic (made under one of the
+    /// secrets, for this cookie name). Expiry is the caller's to check.
+    pub fn open(&self, value: &str) -> Option<Session> {
+        self.open_with(b"", value, |plain| record::decode(plain).ok())
+    }
+
+    /// Seals `body` for `context` (bound into the additional data with the cookie name,
+    /// so a value sealed for one context never opens in another): the session is
+    /// context `""`; an OIDC login in progress with the cookie store another.
+    pub(crate) fn seal_bytes(
+        &self,
+        context: &[u8],
+        mut body: Vec<u8>,
+    ) -> Result<String, SealError> {
         let key = self.keys.first().ok_or(SealError::Crypto)?;
         let salt = random_bytes::<SALT_LEN>().map_err(|_| SealError::Crypto)?;
-        let mut raw = Vec::with_capacity(HEADER_LEN + 64 + TAG_LEN);
+        let mut raw = Vec::with_capacity(HEADER_LEN + body.len() + TAG_LEN);
         raw.push(VERSION);
         raw.extend_from_slice(&key.id);
         raw.extend_from_slice(&salt);
-        let mut body = record::encode(session);
         let encoded_len = (HEADER_LEN + body.len() + TAG_LEN).div_ceil(3) * 4;
         if encoded_len > MAX_VALUE_LEN {
             return Err(SealError::TooLarge(encoded_len));
         }
         value_key(&key.key, &salt)
             .ok_or(SealError::Crypto)?
-            .seal_in_place_append_tag(nonce(), Aad::from(&self.aad[..]), &mut body)
+            .seal_in_place_append_tag(nonce(), Aad::from(&self.aad_for(context)[..]), &mut body)
             .map_err(|_| SealError::Crypto)?;
         raw.extend_from_slice(&body);
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw))
     }
 
-    /// The session in `value`, if the value is authentic (made under one of the
-    /// secrets, for this cookie name). Expiry is the caller's to check.
-    pub fn open(&self, value: &str) -> Option<Session> {
+    /// The bytes sealed in `value` for `context`, if authentic.
+    pub(crate) fn open_bytes(&self, context: &[u8], value: &str) -> Option<Vec<u8>> {
+        self.open_with(context, value, |plain| Some(plain.to_vec()))
+    }
+
+    /// `read` applied to the bytes sealed in `value` for `context`, if authentic
+    /// (decrypted in place: no copy).
+    fn open_with<T>(
+        &self,
+        context: &[u8],
+        value: &str,
+        read: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Option<T> {
         if value.len() > MAX_VALUE_LEN {
             return None;
         }
@@ -124,9 +150,21 @@ impl SealedCodec {
         let salt: [u8; SALT_LEN] = raw.get(1 + KEY_ID_LEN..HEADER_LEN)?.try_into().ok()?;
         let body = raw.get_mut(HEADER_LEN..)?;
         let plain = value_key(&key.key, &salt)?
-            .open_in_place(nonce(), Aad::from(&self.aad[..]), body)
+            .open_in_place(nonce(), Aad::from(&self.aad_for(context)[..]), body)
             .ok()?;
-        record::decode(plain).ok()
+        read(plain)
+    }
+
+    /// The additional data: label, cookie name, and for a non-session value `\0`
+    /// and its context.
+    fn aad_for(&self, context: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+        if context.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.aad);
+        }
+        let mut aad = self.aad.clone();
+        aad.push(0);
+        aad.extend_from_slice(context);
+        std::borrow::Cow::Owned(aad)
     }
 }
 
