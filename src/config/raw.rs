@@ -16,7 +16,9 @@ use serde::Deserialize;
 
 mod session;
 
-pub(super) use session::{RawAnomaly, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore};
+pub(super) use session::{
+    RawAnomaly, RawMemcached, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]

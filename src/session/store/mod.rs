@@ -1,6 +1,6 @@
 //! Where sessions live: the [`SessionStore`] trait and its engines, one file each.
 //!
-//! Server-side stores (memory, Redis, PostgreSQL) keep a session under its secret
+//! Server-side stores (memory, Redis, PostgreSQL, Memcached) keep a session under its secret
 //! [`Token`]; the browser's cookie carries only that token, MAC'd (see
 //! `session::cookie`). Every method is one round trip at most; the request path wraps
 //! each call in the store's timeout and turns a failure into a 503, never into an
@@ -13,6 +13,7 @@
 //! backend has only the ones it can serve ([`Sessions`]). `tests/store_conformance.rs`
 //! runs one suite against every engine.
 
+pub mod memcached;
 pub mod memory;
 pub mod persist;
 pub mod postgres;
@@ -22,6 +23,7 @@ pub mod sealed;
 use super::{Expiry, PublicId, Session, Token};
 
 pub use self::redis::RedisStore;
+pub use memcached::MemcachedStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
 pub use postgres::PostgresStore;
@@ -82,7 +84,8 @@ impl Sessions {
         }
     }
 
-    /// A server-side store that keeps an index and expires sessions itself (Redis).
+    /// A server-side store that keeps an index and expires sessions itself (Redis,
+    /// Memcached).
     pub fn self_expiring<S: SessionStore + SessionIndex + 'static>(store: Arc<S>) -> Sessions {
         Sessions {
             backend: SessionBackend::Server(store.clone()),
@@ -135,6 +138,9 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
         }
         StoreKind::Postgres(postgres) => {
             Sessions::swept(Arc::new(PostgresStore::open(postgres).await?))
+        }
+        StoreKind::Memcached(memcached) => {
+            Sessions::self_expiring(Arc::new(MemcachedStore::connect(memcached).await))
         }
     };
     Ok(Opened {
