@@ -113,6 +113,21 @@ impl MemcachedServer {
         self.signal("-CONT");
     }
 
+    /// Deletes `key` (as an eviction would); whether it existed.
+    pub fn delete(&self, key: &str) -> bool {
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("memcached answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        stream
+            .write_all(format!("md {key}\r\n").as_bytes())
+            .expect("write md");
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).expect("read md");
+        buf[..n].starts_with(b"HD")
+    }
+
     /// One `stats` value (e.g. `curr_items`, `bytes`, `evictions`), read on a
     /// connection of its own.
     pub fn stat(&self, name: &str) -> u64 {
