@@ -552,6 +552,64 @@ pub async fn sessions_survive_a_restart(mut s: StoreUnderTest) {
     assert!(s.load(&expired, now + 1).await.is_none());
 }
 
+/// The `KeyValue` side: values put, taken once, released by their holder only; sets;
+/// expiry; and, for a shared engine, the same keys seen by another instance (a
+/// restarted store is a fresh connection to the same server).
+pub async fn key_values_are_taken_once_released_by_their_holder_and_shared(mut s: StoreUnderTest) {
+    let Some(sessions) = s.server.clone() else {
+        return; // the cookie store's keys are its process's MemoryKv (unit-tested)
+    };
+    let kv = sessions.kv.clone();
+    let minute = Duration::from_secs(60);
+    let key = unique_user("kv");
+    kv.put(&key, b"one", minute).await.unwrap();
+    assert_eq!(kv.get(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert!(!kv.put_new(&key, b"two", minute).await.unwrap());
+    assert_eq!(kv.take(&key).await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(kv.take(&key).await.unwrap(), None, "a value is taken once");
+    let lock = format!("{key}:lock");
+    assert!(kv.put_new(&lock, b"me", minute).await.unwrap());
+    assert!(!kv.release(&lock, b"you").await.unwrap());
+    assert!(kv.release(&lock, b"me").await.unwrap());
+    assert!(kv.put_new(&lock, b"you", minute).await.unwrap());
+    let short = format!("{key}:short");
+    kv.put(&short, b"x", Duration::from_millis(50))
+        .await
+        .unwrap();
+    kv.add(&format!("{key}:set:short"), "m", Duration::from_millis(50))
+        .await
+        .unwrap();
+    let set = format!("{key}:set");
+    kv.add(&set, "a", minute).await.unwrap();
+    kv.add(&set, "b", minute).await.unwrap();
+    kv.add(&set, "a", minute).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(kv.get(&short).await.unwrap(), None, "expired");
+    assert!(kv
+        .members(&format!("{key}:set:short"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(
+        kv.put_new(&short, b"y", minute).await.unwrap(),
+        "an expired key is free"
+    );
+    let mut members = kv.members(&set).await.unwrap();
+    members.sort();
+    assert_eq!(members, ["a", "b"]);
+    if kv.shared() {
+        let Some(restart) = s.restart.take() else {
+            panic!("a shared store can be reopened");
+        };
+        let other = restart().await.kv;
+        assert_eq!(other.get(&short).await.unwrap().as_deref(), Some(&b"y"[..]));
+        assert!(!other.put_new(&lock, b"them", minute).await.unwrap());
+        assert_eq!(other.members(&set).await.unwrap().len(), 2);
+    }
+    kv.delete(&set).await.unwrap();
+    assert!(kv.members(&set).await.unwrap().is_empty());
+}
+
 /// Runs every behaviour against the store `$make` builds (an `async fn() ->
 /// StoreUnderTest`), one `#[tokio::test]` each.
 macro_rules! conformance {
@@ -575,6 +633,7 @@ macro_rules! conformance {
                 only_server_stores_have_an_index,
                 previous_secrets_keep_tickets_valid_during_rotation,
                 sessions_survive_a_restart,
+                key_values_are_taken_once_released_by_their_holder_and_shared,
             );
         }
     };
@@ -591,7 +650,7 @@ macro_rules! conformance {
 
 async fn memory_store() -> StoreUnderTest {
     StoreUnderTest::server(
-        Sessions::swept(Arc::new(MemoryStore::new(10_000))),
+        Sessions::memory(Arc::new(MemoryStore::new(10_000))),
         Box::new(()),
     )
 }
@@ -607,7 +666,7 @@ async fn persisted_memory_store() -> StoreUnderTest {
         Duration::from_secs(30),
     );
     let current = Arc::new(std::sync::Mutex::new(first.clone()));
-    StoreUnderTest::server(Sessions::swept(first.store()), Box::new(dir)).with_restart(move || {
+    StoreUnderTest::server(Sessions::memory(first.store()), Box::new(dir)).with_restart(move || {
         let current = current.clone();
         let path = path.clone();
         Box::pin(async move {
@@ -620,7 +679,7 @@ async fn persisted_memory_store() -> StoreUnderTest {
             );
             next.load(expiry());
             *current.lock().unwrap() = next.clone();
-            Sessions::swept(next.store())
+            Sessions::memory(next.store())
         })
     })
 }

@@ -13,6 +13,7 @@
 //! backend has only the ones it can serve ([`Sessions`]). `tests/store_conformance.rs`
 //! runs one suite against every engine.
 
+pub mod kv;
 pub mod memcached;
 pub mod memory;
 pub mod persist;
@@ -23,6 +24,7 @@ pub mod sealed;
 use super::{Expiry, PublicId, Session, Token};
 
 pub use self::redis::RedisStore;
+pub use kv::{KeyValue, MemoryKv};
 pub use memcached::MemcachedStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
@@ -72,34 +74,54 @@ pub struct Sessions {
     pub backend: SessionBackend,
     pub index: Option<Arc<dyn SessionIndex>>,
     pub sweep: Option<Arc<dyn Sweep>>,
+    /// Small values with a TTL where the sessions are ([`KeyValue`]): shared by the
+    /// instances that share Redis or PostgreSQL, this process's own otherwise.
+    pub kv: Arc<dyn KeyValue>,
 }
 
 impl Sessions {
-    /// A server-side store that keeps an index and needs sweeping (memory, PostgreSQL).
-    pub fn swept<S: SessionStore + SessionIndex + Sweep + 'static>(store: Arc<S>) -> Sessions {
+    /// The memory store: an index, a sweep, and this process's own keys.
+    pub fn memory(store: Arc<MemoryStore>) -> Sessions {
         Sessions {
             backend: SessionBackend::Server(store.clone()),
             index: Some(store.clone()),
             sweep: Some(store),
+            kv: Arc::new(MemoryKv::new()),
         }
     }
 
-    /// A server-side store that keeps an index and expires sessions itself (Redis,
-    /// Memcached).
-    pub fn self_expiring<S: SessionStore + SessionIndex + 'static>(store: Arc<S>) -> Sessions {
+    /// A shared server-side store that keeps an index and needs sweeping (PostgreSQL).
+    pub fn swept<S: SessionStore + SessionIndex + Sweep + KeyValue + 'static>(
+        store: Arc<S>,
+    ) -> Sessions {
         Sessions {
             backend: SessionBackend::Server(store.clone()),
-            index: Some(store),
-            sweep: None,
+            index: Some(store.clone()),
+            sweep: Some(store.clone()),
+            kv: store,
         }
     }
 
-    /// `store = "cookie"`: nothing kept server-side.
+    /// A shared server-side store that keeps an index and expires sessions itself
+    /// (Redis, Memcached).
+    pub fn self_expiring<S: SessionStore + SessionIndex + KeyValue + 'static>(
+        store: Arc<S>,
+    ) -> Sessions {
+        Sessions {
+            backend: SessionBackend::Server(store.clone()),
+            index: Some(store.clone()),
+            sweep: None,
+            kv: store,
+        }
+    }
+
+    /// `store = "cookie"`: nothing kept server-side; keys are this process's own.
     pub fn sealed() -> Sessions {
         Sessions {
             backend: SessionBackend::Sealed,
             index: None,
             sweep: None,
+            kv: Arc::new(MemoryKv::new()),
         }
     }
 }
@@ -126,12 +148,12 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
             .await
             .map_err(|e| StoreError::backend("load the snapshot", e))?;
         return Ok(Opened {
-            sessions: Sessions::swept(snapshots.store.clone()),
+            sessions: Sessions::memory(snapshots.store.clone()),
             snapshots: Some(snapshots),
         });
     }
     let sessions = match &config.store {
-        StoreKind::Memory => Sessions::swept(Arc::new(MemoryStore::new(config.max_sessions))),
+        StoreKind::Memory => Sessions::memory(Arc::new(MemoryStore::new(config.max_sessions))),
         StoreKind::Cookie => Sessions::sealed(),
         StoreKind::Redis(redis) => {
             Sessions::self_expiring(Arc::new(RedisStore::connect(redis).await?))

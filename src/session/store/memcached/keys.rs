@@ -12,6 +12,8 @@
 //!   each, updated with CAS. `U` is base64url of 18 bytes of SHA-256 of the user name
 //!   (a name may hold spaces, which a key may not). Members may be stale (checked on
 //!   use), and the item may be evicted (see the parent module).
+//! - `cloakroom:k:K` → a value or set of the `KeyValue` side, `K` a hash of its name
+//!   (names are chosen by features and may be long).
 //!
 //! Every key is at most the prefix (≤ 200 bytes, checked by the config) plus 26.
 
@@ -95,8 +97,7 @@ impl Keys {
         key
     }
 
-    /// The key of a small value of the `KeyValue` side, under `space` (`oidc:`, ...).
-    #[allow(dead_code)]
+    /// The key of a small value (or set) of the `KeyValue` side named `name`.
     pub(super) fn value(&self, name: &[u8]) -> String {
         let mut key = self.key("k:", REF_LEN);
         hash_into(&[b"kv\0", name], &mut key);

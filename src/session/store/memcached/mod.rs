@@ -35,6 +35,7 @@
 
 mod conn;
 mod keys;
+mod kv;
 mod leftovers;
 mod ring;
 mod wire;

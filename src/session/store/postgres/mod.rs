@@ -30,6 +30,7 @@
 //! - Nothing here logs a token, a cookie or the URL (it may hold a password).
 
 mod error;
+mod kv;
 mod outage;
 mod pool;
 mod schema;
@@ -495,6 +496,11 @@ impl Sweep for PostgresStore {
             if deleted < SWEEP_BATCH.unsigned_abs() {
                 break;
             }
+        }
+        // Expired `KeyValue` rows (logins never finished, old locks); not sessions, so
+        // not counted among them.
+        if let Err(error) = self.sweep_kv(now).await {
+            tracing::debug!(%error, "could not remove expired key-value rows");
         }
         Ok(removed)
     }

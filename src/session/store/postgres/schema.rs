@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use super::error::PgError;
 
 /// The schema version this build writes and reads.
-pub(crate) const VERSION: i32 = 1;
+pub(crate) const VERSION: i32 = 2;
 
 /// Migration steps; step `i` takes the schema from version `i` to `i + 1`.
 fn steps(t: &Names) -> Vec<String> {
@@ -37,6 +37,24 @@ fn steps(t: &Names) -> Vec<String> {
          CREATE INDEX IF NOT EXISTS {base}_user ON {table} (username) WHERE username IS NOT NULL;\n\
          CREATE INDEX IF NOT EXISTS {base}_public ON {table} (public_id);\n\
          CREATE INDEX IF NOT EXISTS {base}_expires ON {table} (expires_ms);",
+        table = t.table,
+        base = t.base,
+    ),
+    // 2: the `KeyValue` side (OIDC logins in progress, replay guards, locks).
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table}_kv (\n\
+         \x20   key        text   PRIMARY KEY,\n\
+         \x20   value      bytea  NOT NULL,\n\
+         \x20   expires_ms bigint NOT NULL\n\
+         );\n\
+         CREATE INDEX IF NOT EXISTS {base}_kv_exp ON {table}_kv (expires_ms);\n\
+         CREATE TABLE IF NOT EXISTS {table}_kvset (\n\
+         \x20   key        text   NOT NULL,\n\
+         \x20   member     text   NOT NULL,\n\
+         \x20   expires_ms bigint NOT NULL,\n\
+         \x20   PRIMARY KEY (key, member)\n\
+         );\n\
+         CREATE INDEX IF NOT EXISTS {base}_kvs_exp ON {table}_kvset (expires_ms);",
         table = t.table,
         base = t.base,
     )]
@@ -312,6 +330,8 @@ mod tests {
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS auth.sessions ("));
         assert!(sql.contains("sessions_user ON auth.sessions (username)"));
         assert!(sql.contains("sessions_expires ON auth.sessions (expires_ms)"));
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS auth.sessions_kv ("));
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS auth.sessions_kvset ("));
         assert!(sql.contains(&format!("VALUES ('auth.sessions', {VERSION})")));
         assert!(sql.trim_end().ends_with("COMMIT;"));
     }

@@ -117,6 +117,16 @@ impl Keys {
         key
     }
 
+    /// The key of a [`KeyValue`](crate::session::store::KeyValue) entry (`k:` and the
+    /// feature's own key).
+    pub(super) fn kv(&self, key: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 2 + key.len());
+        out.push_str(&self.prefix);
+        out.push_str("k:");
+        out.push_str(key);
+        out
+    }
+
     /// A `SCAN MATCH` pattern for every session record (glob characters in the prefix
     /// escaped).
     pub(super) fn session_pattern(&self) -> String {

@@ -34,6 +34,7 @@
 
 mod conn;
 mod keys;
+mod kv;
 
 use std::time::Duration;
 
@@ -98,6 +99,8 @@ struct Scripts {
     touch: Script,
     destroy: Script,
     index: Script,
+    take: Script,
+    release: Script,
 }
 
 /// The Redis store.
@@ -134,6 +137,8 @@ impl RedisStore {
                 touch: Script::new(TOUCH),
                 destroy: Script::new(DESTROY),
                 index: Script::new(INDEX),
+                take: Script::new(kv::TAKE),
+                release: Script::new(kv::RELEASE),
             },
         })
     }
