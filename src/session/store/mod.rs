@@ -75,7 +75,7 @@ pub struct Sessions {
     pub index: Option<Arc<dyn SessionIndex>>,
     pub sweep: Option<Arc<dyn Sweep>>,
     /// Small values with a TTL where the sessions are ([`KeyValue`]): shared by the
-    /// instances that share Redis or PostgreSQL, this process's own otherwise.
+    /// instances that share Redis, PostgreSQL or Memcached, this process's own otherwise.
     pub kv: Arc<dyn KeyValue>,
 }
 

@@ -175,9 +175,14 @@ impl MemcachedStore {
     /// and a server down must not stop sessions that live elsewhere.
     async fn map_public(&self, session: &Session, reference: &str, expiry: Expiry) {
         let key = self.keys.public(&session.public_id);
+        let server = self.servers.server_of(&key);
+        if self.servers.is_down(server) {
+            // Not worth a timeout on a session's way in.
+            return;
+        }
         let left = absolute_end(session, expiry).saturating_sub(session.last_seen);
         let set = wire::set(&key, reference.as_bytes(), exptime(left), Mode::Set, None);
-        if let Err(error) = self.servers.call("map a public id", &key, set).await {
+        if let Err(error) = self.servers.call_on("map a public id", server, set).await {
             tracing::debug!(%error, "could not map a session's public id");
         }
     }
