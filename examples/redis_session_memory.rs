@@ -49,6 +49,7 @@ async fn measure(url: String) -> Result<(), String> {
         timeout: Duration::from_secs(5),
         urls: Vec::new(),
         ca: None,
+        sentinel: None,
     };
     let store = Arc::new(RedisStore::open(&config, None).map_err(|e| e.to_string())?);
     let expiry = Expiry::new(

@@ -258,6 +258,10 @@ async fn serve(path: &Path, demo: bool) -> ExitCode {
     if demo {
         if let Err(error) = cloakroom::demo::ensure_certificate(path) {
             eprintln!("cloakroom: --demo could not make a certificate: {error}");
+            eprintln!(
+                "cloakroom: put a certificate and key (cert.pem, key.pem) where [tls] cert and key \
+                 point; in the container image, mount them: -v \"$PWD/certs:/etc/cloakroom/certs:ro\""
+            );
             return ExitCode::from(1);
         }
     }

@@ -392,32 +392,38 @@ fn nobody_prefix() -> Option<Vec<String>> {
 }
 
 #[test]
-fn the_container_config_is_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("certs")).unwrap();
-    write_leaf(
-        &dir.path().join("certs"),
-        &TestPki::new().default_leaf("image"),
-    );
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("container/proxy.toml"))
-            .unwrap();
-    // Compose's service name does not resolve here; everything else is as shipped.
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, shipped.replace("demo-apps:", "127.0.0.1:")).unwrap();
-    let env = |name: &str| match name {
-        "CLOAKROOM_SECRET" => Some(SECRET.to_string()),
-        "CLOAKROOM_ADMIN_TOKEN" => Some(ADMIN_TOKEN.to_string()),
-        _ => None,
-    };
-    let text = std::fs::read_to_string(&path).unwrap();
-    let config = cloakroom::Config::from_str_with_env(&path, &text, &env)
-        .unwrap_or_else(|e| panic!("container/proxy.toml:\n{e}"));
-    assert_eq!(
-        cloakroom::admin::probe::healthz_url(&config).unwrap(),
-        "http://127.0.0.1:9901/healthz",
-        "the HEALTHCHECK probes the admin listener on loopback"
-    );
+fn the_container_configs_are_valid() {
+    // The image's own (standalone) config and the one compose.yaml selects.
+    for name in ["proxy.toml", "compose.toml"] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        write_leaf(
+            &dir.path().join("certs"),
+            &TestPki::new().default_leaf("image"),
+        );
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("container")
+                .join(name),
+        )
+        .unwrap();
+        // Compose's service name does not resolve here; everything else is as shipped.
+        let path = dir.path().join(name);
+        std::fs::write(&path, shipped.replace("demo-apps:", "127.0.0.1:")).unwrap();
+        let env = |name: &str| match name {
+            "CLOAKROOM_SECRET" => Some(SECRET.to_string()),
+            "CLOAKROOM_ADMIN_TOKEN" => Some(ADMIN_TOKEN.to_string()),
+            _ => None,
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = cloakroom::Config::from_str_with_env(&path, &text, &env)
+            .unwrap_or_else(|e| panic!("container/{name}:\n{e}"));
+        assert_eq!(
+            cloakroom::admin::probe::healthz_url(&config).unwrap(),
+            "http://127.0.0.1:9901/healthz",
+            "container/{name}: the HEALTHCHECK probes the admin listener on loopback"
+        );
+    }
 }
 
 /// Requests answered by the proxy at `port` during `for_how_long`, 16 at a time; every

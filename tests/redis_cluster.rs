@@ -44,6 +44,7 @@ fn cluster_store(cluster: &RedisCluster) -> RedisStore {
             timeout: Duration::from_secs(1),
             urls: cluster.urls(),
             ca: None,
+            sentinel: None,
         },
         None,
     )

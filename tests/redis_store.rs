@@ -126,6 +126,7 @@ fn store_config(url: &str) -> RedisConfig {
         timeout: Duration::from_millis(500),
         urls: Vec::new(),
         ca: None,
+        sentinel: None,
     }
 }
 

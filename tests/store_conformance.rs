@@ -698,6 +698,7 @@ async fn redis_store() -> StoreUnderTest {
         timeout: Duration::from_secs(1),
         urls: Vec::new(),
         ca: None,
+        sentinel: None,
     };
     let store = cloakroom::session::RedisStore::open(&config, None).unwrap();
     StoreUnderTest::server(Sessions::self_expiring(Arc::new(store)), Box::new(server)).with_restart(

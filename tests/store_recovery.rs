@@ -52,6 +52,7 @@ async fn redis_store_retries_on_a_new_connection_after_a_restart_and_stays_up() 
             timeout: Duration::from_secs(1),
             urls: Vec::new(),
             ca: None,
+            sentinel: None,
         },
         None,
     )

@@ -181,17 +181,52 @@ pub struct RedisConfig {
     pub urls: Vec<String>,
     /// PEM authorities for `rediss://` (`ca`); `None` = the system's.
     pub ca: Option<PathBuf>,
+    /// Redis Sentinel (`sentinels` + `sentinel_master`); `Some` = Sentinel mode, `url`
+    /// and `urls` unused.
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// `session.redis.sentinels` and `sentinel_master`: where to ask which server is the
+/// master. The database, user and password of the sentinel URLs (the same on every
+/// entry) are used for the sentinels and for the master; `rediss://` means TLS to both.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `redis://` or `rediss://` URLs of the sentinels (may hold a password).
+    pub urls: Vec<String>,
+    /// The monitored master's name.
+    pub master: String,
+}
+
+/// A Redis URL with its password replaced, for `Debug`.
+fn hide_password(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_auth, rest)) => {
+            let scheme = scheme_auth.split("://").next().unwrap_or_default();
+            format!("{scheme}://<redacted>@{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for SentinelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConfig")
+            .field(
+                "urls",
+                &self
+                    .urls
+                    .iter()
+                    .map(|u| hide_password(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("master", &self.master)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hide = |url: &str| match url.split_once('@') {
-            Some((scheme_auth, rest)) => {
-                let scheme = scheme_auth.split("://").next().unwrap_or_default();
-                format!("{scheme}://<redacted>@{rest}")
-            }
-            None => url.to_owned(),
-        };
+        let hide = hide_password;
         f.debug_struct("RedisConfig")
             .field("url", &hide(&self.url))
             .field("prefix", &self.prefix)
@@ -201,6 +236,7 @@ impl std::fmt::Debug for RedisConfig {
                 &self.urls.iter().map(|u| hide(u)).collect::<Vec<_>>(),
             )
             .field("ca", &self.ca)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }

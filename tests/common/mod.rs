@@ -14,6 +14,7 @@ pub mod ports;
 pub mod postgres;
 pub mod redis;
 pub mod scripted;
+pub mod sentinel;
 pub mod session_app;
 pub mod stores;
 

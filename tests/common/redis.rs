@@ -69,6 +69,11 @@ impl RedisServer {
         RedisServer::start_with(transport, Vec::new()).await
     }
 
+    /// A plain server started with `extra` arguments (e.g. `--replicaof HOST PORT`).
+    pub async fn start_args(extra: Vec<String>) -> RedisServer {
+        RedisServer::start_with(Transport::Plain, extra).await
+    }
+
     async fn start_with(transport: Transport, extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),

@@ -145,6 +145,12 @@ pub(in crate::config) struct RawRedis {
     /// `""` = the system's.
     #[serde(default)]
     pub(in crate::config) ca: String,
+    /// Redis Sentinel nodes; non-empty = Sentinel mode (instead of `url`/`urls`).
+    #[serde(default)]
+    pub(in crate::config) sentinels: Vec<String>,
+    /// The name the sentinels monitor the master under (required with `sentinels`).
+    #[serde(default)]
+    pub(in crate::config) sentinel_master: String,
 }
 
 impl Default for RawRedis {
@@ -155,6 +161,8 @@ impl Default for RawRedis {
             timeout: default_redis_timeout(),
             urls: Vec::new(),
             ca: String::new(),
+            sentinels: Vec::new(),
+            sentinel_master: String::new(),
         }
     }
 }

@@ -702,3 +702,51 @@ fn load_reads_the_file_or_names_it() {
         "{shown}"
     );
 }
+
+#[test]
+fn sentinel_rules() {
+    let f = Fixture::new();
+    let store = "[session]\nstore = \"redis\"\nsecret = \"${CLOAKROOM_SECRET}\"\n[session.redis]\n";
+    let config = f.ok(&with(&format!(
+        "{store}sentinels = [\"redis://:pw@10.0.0.1:26379/2\", \"redis://:pw@10.0.0.2:26379/2\"]\n\
+         sentinel_master = \"mymaster\""
+    )));
+    let StoreKind::Redis(redis) = &config.session.store else {
+        panic!("not the redis store: {:?}", config.session.store)
+    };
+    let sentinel = redis.sentinel.as_ref().unwrap();
+    assert_eq!(sentinel.master, "mymaster");
+    assert_eq!(sentinel.urls.len(), 2);
+    assert!(!format!("{redis:?}").contains("pw@"), "{redis:?}");
+
+    // The master's name is required, and names the line of `sentinels`.
+    let e = f.error(
+        &with(&format!("{store}sentinels = [\"redis://10.0.0.1:26379\"]")),
+        "session.redis.sentinel_master",
+    );
+    assert!(e.message.contains("required"), "{}", e.message);
+    let e = f.error(
+        &with(&format!("{store}sentinel_master = \"mymaster\"")),
+        "session.redis.sentinel_master",
+    );
+    assert!(e.line.is_some() && e.message.contains("without"), "{e:?}");
+    // A bad URL names its index; entries must agree; not with a Cluster.
+    let text = with(&format!(
+        "{store}sentinel_master = \"m\"\nsentinels = [\"http://:secret@x\", \"redis://a:26379\", \"redis://:other@b:26379\"]\n\
+         urls = [\"redis://10.0.0.1:7000\"]"
+    ));
+    let errors = f.errors(&text);
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "session.redis.sentinels",
+            "session.redis.sentinels[0]",
+            "session.redis.sentinels[2]"
+        ],
+        "{errors:?}"
+    );
+    assert!(errors.iter().all(|e| !e.message.contains("secret")
+        && !e.message.contains("other")
+        && e.line.is_some()));
+}

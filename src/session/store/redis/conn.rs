@@ -1,7 +1,8 @@
 //! The connection to Redis: one multiplexed connection to a standalone server (a
-//! `ConnectionManager`, which reconnects by itself) or a Redis Cluster connection
-//! (which follows slot moves and reconnects by itself), TLS through rustls for
-//! `rediss://`, and every command bounded by `session.redis.timeout`.
+//! `ConnectionManager`, which reconnects by itself), to the master the sentinels name
+//! (Sentinel mode, [`super::sentinel`]), or a Redis Cluster connection (which follows
+//! slot moves and reconnects by itself), TLS through rustls for `rediss://`, and every
+//! command bounded by `session.redis.timeout`.
 //!
 //! Each thread that runs store calls gets its own connection, made on first use from
 //! that thread's runtime: the proxy's workers each run an event loop of their own, and a
@@ -39,6 +40,7 @@ use redis::{
     AsyncConnectionConfig, Cmd, FromRedisValue, RedisError, ScriptInvocation, TlsCertificates,
 };
 
+use super::sentinel::Sentinels;
 use crate::config::RedisConfig;
 use crate::session::StoreError;
 
@@ -54,17 +56,44 @@ enum Link {
 enum Factory {
     Single(redis::Client, ConnectionManagerConfig),
     Cluster(redis::cluster::ClusterClient, redis::cluster::ClusterConfig),
+    /// The master the sentinels name, reached like a standalone server.
+    Sentinel(Box<Sentinels>, ConnectionManagerConfig),
 }
 
 impl Factory {
-    /// A new link, connecting lazily, driven by the current runtime.
-    fn make(&self) -> Result<Link, RedisError> {
+    /// The generation of the server links are made for: links of an older one are
+    /// replaced (Sentinel after a failover; always 0 otherwise).
+    fn generation(&self) -> u64 {
+        match self {
+            Factory::Sentinel(sentinels, _) => sentinels.generation(),
+            _ => 0,
+        }
+    }
+
+    /// A new link, connecting lazily, driven by the current runtime, with the
+    /// generation it was made for.
+    async fn make(&self) -> Result<(u64, Link), RedisError> {
         Ok(match self {
-            Factory::Single(client, config) => Link::Single(
-                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?,
+            Factory::Single(client, config) => (
+                0,
+                Link::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config.clone(),
+                )?),
             ),
-            Factory::Cluster(client, config) => {
-                Link::Cluster(client.get_pending_async_connection_with_config(config.clone()))
+            Factory::Cluster(client, config) => (
+                0,
+                Link::Cluster(client.get_pending_async_connection_with_config(config.clone())),
+            ),
+            Factory::Sentinel(sentinels, config) => {
+                let (generation, client) = sentinels.master().await?;
+                (
+                    generation,
+                    Link::Single(ConnectionManager::new_lazy_with_config(
+                        client,
+                        config.clone(),
+                    )?),
+                )
             }
         })
     }
@@ -85,6 +114,17 @@ impl Factory {
             Factory::Cluster(client, config) => {
                 let mut conn = client
                     .get_async_connection_with_config(config.clone())
+                    .await?;
+                redis::cmd("PING").query_async::<()>(&mut conn).await
+            }
+            Factory::Sentinel(sentinels, _) => {
+                // Asks the sentinels afresh: a probe after a failover finds the new master.
+                let (_, client) = sentinels.ask().await?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(timeout));
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await?;
                 redis::cmd("PING").query_async::<()>(&mut conn).await
             }
@@ -157,10 +197,11 @@ impl Shared {
     }
 }
 
-/// A bounded, self-healing connection to Redis (one per thread that uses it).
+/// A bounded, self-healing connection to Redis (one per thread that uses it, with the
+/// generation of the server it was made for).
 pub(super) struct Connection {
     shared: Arc<Shared>,
-    links: DashMap<std::thread::ThreadId, Link>,
+    links: DashMap<std::thread::ThreadId, (u64, Link)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -172,6 +213,7 @@ impl std::fmt::Debug for Connection {
                 &match self.shared.factory {
                     Factory::Single(..) => "standalone",
                     Factory::Cluster(..) => "cluster",
+                    Factory::Sentinel(..) => "sentinel",
                 },
             )
             .field("links", &self.links.len())
@@ -212,6 +254,14 @@ fn link_broke(error: &RedisError) -> bool {
     error.is_unrecoverable_error()
 }
 
+/// Whether a server refused a write as a replica: a master demoted by a failover.
+fn read_only(error: &RedisError) -> bool {
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+    )
+}
+
 impl Connection {
     /// Sets up the connection without waiting for Redis: the proxy starts (not ready)
     /// while Redis is down and connects once it is up. `ca` is a PEM bundle of the
@@ -235,14 +285,8 @@ impl Connection {
             client_tls: None,
             root_cert: ca.clone(),
         };
-        let factory = if config.urls.is_empty() {
-            let client = if ca.is_some() {
-                redis::Client::build_with_tls(config.url.as_str(), tls())
-            } else {
-                redis::Client::open(config.url.as_str())
-            }
-            .map_err(setup)?;
-            let manager = ConnectionManagerConfig::new()
+        let manager = || {
+            ConnectionManagerConfig::new()
                 .set_response_timeout(Some(timeout))
                 .set_connection_timeout(Some(connect))
                 // One attempt per reconnect, no backoff inside the client: a command
@@ -250,8 +294,19 @@ impl Connection {
                 // (see the module header), and that retry must see a refusal at once,
                 // not after a round of waits. A failed reconnect is started again by
                 // the next command, so recovery never stops.
-                .set_number_of_retries(0);
-            Factory::Single(client, manager)
+                .set_number_of_retries(0)
+        };
+        let factory = if let Some(sentinel) = &config.sentinel {
+            let sentinels = Sentinels::new(sentinel, ca.clone(), connect).map_err(setup)?;
+            Factory::Sentinel(Box::new(sentinels), manager())
+        } else if config.urls.is_empty() {
+            let client = if ca.is_some() {
+                redis::Client::build_with_tls(config.url.as_str(), tls())
+            } else {
+                redis::Client::open(config.url.as_str())
+            }
+            .map_err(setup)?;
+            Factory::Single(client, manager())
         } else {
             let mut builder = ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
                 .connection_timeout(connect)
@@ -291,14 +346,18 @@ impl Connection {
         self.shared.down.load(Ordering::Relaxed)
     }
 
-    /// This thread's link, made on its first call (so driven by this thread's runtime).
-    fn link(&self) -> Result<Link, RedisError> {
+    /// This thread's link, made on its first call (so driven by this thread's runtime)
+    /// and again when the server it was made for is no longer the one to use.
+    async fn link(&self) -> Result<Link, RedisError> {
         let thread = std::thread::current().id();
-        if let Some(link) = self.links.get(&thread) {
-            return Ok(link.clone());
+        let generation = self.shared.factory.generation();
+        if let Some(entry) = self.links.get(&thread) {
+            if entry.0 == generation {
+                return Ok(entry.1.clone());
+            }
         }
-        let link = self.shared.factory.make()?;
-        self.links.insert(thread, link.clone());
+        let (generation, link) = self.shared.factory.make().await?;
+        self.links.insert(thread, (generation, link.clone()));
         Ok(link)
     }
 
@@ -314,14 +373,26 @@ impl Connection {
             shared: &self.shared,
             ended: false,
         };
-        let mut result = match self.link() {
+        let mut result = match self.link().await {
             Ok(link) => send(link).await,
             Err(error) => Err(error),
         };
         if let Err(error) = &result {
-            if link_broke(error) {
+            let sentinels = match &self.shared.factory {
+                Factory::Sentinel(sentinels, _) => Some(sentinels),
+                _ => None,
+            };
+            let demoted = sentinels.is_some() && read_only(error);
+            if link_broke(error) || demoted {
                 tracing::debug!(error = ?error.kind(), "a redis link broke; sending once more on a new connection");
-                result = match self.link() {
+                if let Some(sentinels) = sentinels {
+                    // The master may have moved: the new link goes where the sentinels
+                    // say now (their failure leaves the last answer in place).
+                    if let Err(error) = sentinels.ask().await {
+                        tracing::debug!(error = ?error.kind(), "the redis sentinels did not answer");
+                    }
+                }
+                result = match self.link().await {
                     Ok(link) => send(link).await,
                     Err(error) => Err(error),
                 };

@@ -1,5 +1,6 @@
 //! The Redis session store (`store = "redis"`): sessions shared by every proxy instance
-//! that points at the same Redis (standalone, `rediss://` TLS, or Cluster with `urls`).
+//! that points at the same Redis (standalone, `rediss://` TLS, Cluster with `urls`, or
+//! the master that Redis Sentinel names with `sentinels` + `sentinel_master`).
 //!
 //! Layout: see [`keys`]. One key per session holds its record (`record::encode`) with a
 //! TTL equal to what is left of its idle and absolute lifetimes; expiry is also checked
@@ -35,6 +36,7 @@
 mod conn;
 mod keys;
 mod kv;
+mod sentinel;
 
 use std::time::Duration;
 
