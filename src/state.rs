@@ -222,9 +222,11 @@ pub fn load_with_certs(path: &std::path::Path) -> Result<(Config, CertTable), Co
 /// never silently ignored.
 fn check_supported(config: &Config) -> Result<(), ConfigError> {
     match config.session.store {
-        StoreKind::Memory | StoreKind::Redis(_) | StoreKind::Cookie | StoreKind::Postgres(_) => {
-            Ok(())
-        }
+        StoreKind::Memory
+        | StoreKind::Redis(_)
+        | StoreKind::Cookie
+        | StoreKind::Postgres(_)
+        | StoreKind::Memcached(_) => Ok(()),
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! Each test is an `async fn(Store)`; the `every_store!` and `server_side_stores!`
 //! macros at the end run it once per session backend (modules `memory`, `cookie`,
-//! `redis`, `postgres`: real servers, see `common::stores`), as tower-sessions'
+//! `redis`, `postgres`, `memcached`: real servers, see `common::stores`), as tower-sessions'
 //! `route_tests!` does. Expiry tests move the proxy's manual clock instead of sleeping.
 //!
 //! Most tests drive the scripted upstream of `common::scripted` ([`App`]): a request header `x-reply: Name: value`
@@ -1500,4 +1500,10 @@ mod postgres {
     use super::*;
     every_store!(postgres);
     server_side_stores!(postgres);
+}
+
+mod memcached {
+    use super::*;
+    every_store!(memcached);
+    server_side_stores!(memcached);
 }

@@ -202,6 +202,20 @@ pub enum StoreKind {
     Redis(RedisConfig),
     Cookie,
     Postgres(PostgresConfig),
+    Memcached(MemcachedConfig),
+}
+
+/// `[session.memcached]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemcachedConfig {
+    /// `host:port` of each server, as written (consistent hashing keys on these
+    /// names, so every instance must spell them alike; their order does not matter).
+    pub servers: Vec<String>,
+    /// Prepended to every key (no whitespace or control characters).
+    pub prefix: String,
+    /// Deadline of one store operation (default 250 ms); past it a session route
+    /// answers 503.
+    pub timeout: Duration,
 }
 
 /// `[session.redis]`
@@ -350,6 +364,7 @@ impl SessionConfig {
     pub fn store_timeout(&self) -> Duration {
         match &self.store {
             StoreKind::Redis(redis) => redis.timeout,
+            StoreKind::Memcached(memcached) => memcached.timeout,
             // The store applies `timeout` itself (and marks the database down when it
             // passes); this outer bound is a backstop a little later.
             StoreKind::Postgres(postgres) => {

@@ -18,7 +18,9 @@ mod acme;
 mod session;
 
 pub(super) use acme::RawAcme;
-pub(super) use session::{RawAnomaly, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore};
+pub(super) use session::{
+    RawAnomaly, RawMemcached, RawPostgres, RawRedis, RawSameSite, RawSession, RawStore,
+};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]

@@ -31,7 +31,7 @@ pub struct RestartOnly {
     /// `limits.max_header_bytes`: the HTTP servers' buffers are sized once.
     pub max_header_bytes: usize,
     /// `session.store` with its connection table (`[session.redis]`,
-    /// `[session.postgres]`): the store is opened once.
+    /// `[session.postgres]`, `[session.memcached]`): the store is opened once.
     pub store: StoreKind,
     /// `session.max_sessions`: the memory store's bound.
     pub max_sessions: usize,
@@ -122,6 +122,11 @@ impl RestartOnly {
                     "its connection settings changed".to_owned()
                 });
             }
+            (StoreKind::Memcached(old), StoreKind::Memcached(now)) => {
+                compare("session.memcached", old == now, &|| {
+                    "its connection settings changed".to_owned()
+                });
+            }
             (StoreKind::Postgres(old), StoreKind::Postgres(now)) => {
                 compare("session.postgres", old == now, &|| {
                     "its connection settings changed".to_owned()
@@ -192,6 +197,7 @@ fn kind(store: &StoreKind) -> &'static str {
         StoreKind::Redis(_) => "\"redis\"",
         StoreKind::Cookie => "\"cookie\"",
         StoreKind::Postgres(_) => "\"postgres\"",
+        StoreKind::Memcached(_) => "\"memcached\"",
     }
 }
 

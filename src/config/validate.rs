@@ -8,7 +8,7 @@
 //! This file holds the entry points, the `Validator` (errors and warnings keyed by their
 //! TOML path, so each names file:line:col) and the value conversions every section uses;
 //! each section has its file in `validate/`: `listen`, `tls`, `limits` (with
-//! `[timeouts]`), `session` (with `redis`, `postgres`), `headers` (`[inject]`,
+//! `[timeouts]`), `session` (with `redis`, `postgres`, `memcached`), `headers` (`[inject]`,
 //! `[control]`), `security`, `routing` (`[upstreams]`, `[[routes]]`), `admin` (the admin
 //! token, `[log]`); `checks` holds the pure value checks.
 //!
@@ -22,6 +22,7 @@ mod checks;
 mod headers;
 mod limits;
 mod listen;
+mod memcached;
 mod oidc;
 mod postgres;
 mod redis;

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod config;
+pub mod memcached;
 pub mod ports;
 pub mod postgres;
 pub mod redis;

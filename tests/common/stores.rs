@@ -1,11 +1,13 @@
 //! The session backends a test can put behind a [`TestProxy`]: the memory store, the
-//! sealed cookie, a real `redis-server` and a real PostgreSQL (started by the test, see
-//! [`super::redis`] and [`super::postgres`]). `tests/sessions.rs` runs its HTTP-level
+//! sealed cookie, a real `redis-server`, a real PostgreSQL and a real `memcached`
+//! (started by the test, see [`super::redis`], [`super::postgres`] and
+//! [`super::memcached`]). `tests/sessions.rs` runs its HTTP-level
 //! suite once per [`Store`] through its `every_store!` macro, as
 //! `tests/store_conformance.rs` does one level down.
 
 use std::sync::Arc;
 
+use super::memcached::MemcachedServer;
 use super::postgres::{unique_table, PgCluster};
 use super::redis::RedisServer;
 use super::{TestProxy, TestProxyBuilder};
@@ -26,6 +28,8 @@ pub enum Store {
         cluster: Arc<PgCluster>,
         table: String,
     },
+    /// `store = "memcached"` on a server of its own.
+    Memcached(MemcachedServer),
 }
 
 impl Store {
@@ -51,6 +55,10 @@ impl Store {
         }
     }
 
+    pub async fn memcached() -> Store {
+        Store::Memcached(MemcachedServer::start().await)
+    }
+
     /// The `[session] store` value.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -58,6 +66,7 @@ impl Store {
             Store::Cookie => "cookie",
             Store::Redis(_) => "redis",
             Store::Postgres { .. } => "postgres",
+            Store::Memcached(_) => "memcached",
         }
     }
 
@@ -84,6 +93,10 @@ impl Store {
             Store::Postgres { cluster, table } => format!(
                 "\n[session.postgres]\nurl = \"{}\"\ntable = \"{table}\"\ntimeout = \"2s\"\n",
                 cluster.url()
+            ),
+            Store::Memcached(server) => format!(
+                "\n[session.memcached]\nservers = [\"{}\"]\ntimeout = \"2s\"\n",
+                server.address()
             ),
         };
         let mut text = config.replacen("[session]\n", &format!("[session]\n{keys}"), 1);

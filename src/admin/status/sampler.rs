@@ -402,6 +402,7 @@ impl Sampler {
             StoreKind::Memory => "memory",
             StoreKind::Redis(_) => "redis",
             StoreKind::Cookie => "cookie",
+            StoreKind::Memcached(_) => "memcached",
             StoreKind::Postgres(_) => "postgres",
         };
         let (now, then) = window(&self.totals, MINUTE);

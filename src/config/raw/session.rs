@@ -1,5 +1,5 @@
-//! The serde mirror of `[session]` and the stores' own tables, `[session.redis]` and
-//! `[session.postgres]` (part of `raw.rs`, split out by concern; no logic).
+//! The serde mirror of `[session]` and the stores' own tables, `[session.redis]`,
+//! `[session.memcached]` and `[session.postgres]` (part of `raw.rs`, split out by concern; no logic).
 
 use serde::Deserialize;
 
@@ -20,6 +20,7 @@ pub(in crate::config) enum RawStore {
     Redis,
     Cookie,
     Postgres,
+    Memcached,
 }
 
 /// `[session]`
@@ -58,6 +59,8 @@ pub(in crate::config) struct RawSession {
     pub(in crate::config) anomaly: RawAnomaly,
     #[serde(default)]
     pub(in crate::config) postgres: RawPostgres,
+    #[serde(default)]
+    pub(in crate::config) memcached: RawMemcached,
 }
 
 impl Default for RawSession {
@@ -79,6 +82,7 @@ impl Default for RawSession {
             touch_interval: None,
             anomaly: default_anomaly(),
             postgres: RawPostgres::default(),
+            memcached: RawMemcached::default(),
         }
     }
 }
@@ -214,4 +218,30 @@ fn default_postgres_pool() -> u64 {
 
 fn default_postgres_timeout() -> String {
     "500ms".to_owned()
+}
+
+/// `[session.memcached]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(in crate::config) struct RawMemcached {
+    #[serde(default = "default_memcached_servers")]
+    pub(in crate::config) servers: Vec<String>,
+    #[serde(default = "default_redis_prefix")]
+    pub(in crate::config) prefix: String,
+    #[serde(default = "default_redis_timeout")]
+    pub(in crate::config) timeout: String,
+}
+
+impl Default for RawMemcached {
+    fn default() -> Self {
+        RawMemcached {
+            servers: default_memcached_servers(),
+            prefix: default_redis_prefix(),
+            timeout: default_redis_timeout(),
+        }
+    }
+}
+
+fn default_memcached_servers() -> Vec<String> {
+    vec!["127.0.0.1:11211".to_owned()]
 }

@@ -1,5 +1,5 @@
-//! Validation of `[session]` and the store sections (`[session.redis]`;
-//! `[session.postgres]` is in `postgres.rs`): the cookie's
+//! Validation of `[session]` and the store choice (`[session.redis]`,
+//! `[session.postgres]` and `[session.memcached]` are in their own files): the cookie's
 //! name and attributes, lifetimes, the secret ring and the store choice.
 //!
 //! Part of the `Validator` in `validate.rs`, split out by concern. No IO.
@@ -83,6 +83,7 @@ impl Validator<'_> {
             RawStore::Redis => StoreKind::Redis(self.redis(&raw.redis)),
             RawStore::Cookie => StoreKind::Cookie,
             RawStore::Postgres => StoreKind::Postgres(self.postgres(&raw.postgres)),
+            RawStore::Memcached => StoreKind::Memcached(self.memcached(&raw.memcached)),
         };
         let needs_secret = match store {
             StoreKind::Redis(_) => {
@@ -98,6 +99,9 @@ impl Validator<'_> {
             StoreKind::Memory => None,
             StoreKind::Postgres(_) => {
                 Some("store = \"postgres\" needs a secret shared by every proxy instance")
+            }
+            StoreKind::Memcached(_) => {
+                Some("store = \"memcached\" needs a secret shared by every proxy instance")
             }
         };
         // A secret that was given but too short has been reported already.

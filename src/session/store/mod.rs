@@ -1,6 +1,6 @@
 //! Where sessions live: the [`SessionStore`] trait and its engines, one file each.
 //!
-//! Server-side stores (memory, Redis, PostgreSQL) keep a session under its secret
+//! Server-side stores (memory, Redis, PostgreSQL, Memcached) keep a session under its secret
 //! [`Token`]; the browser's cookie carries only that token, MAC'd (see
 //! `session::cookie`). Every method is one round trip at most; the request path wraps
 //! each call in the store's timeout and turns a failure into a 503, never into an
@@ -14,6 +14,7 @@
 //! runs one suite against every engine.
 
 pub mod kv;
+pub mod memcached;
 pub mod memory;
 pub mod persist;
 pub mod postgres;
@@ -24,6 +25,7 @@ use super::{Expiry, PublicId, Session, Token};
 
 pub use self::redis::RedisStore;
 pub use kv::{KeyValue, MemoryKv};
+pub use memcached::MemcachedStore;
 pub use memory::MemoryStore;
 pub use persist::Snapshots;
 pub use postgres::PostgresStore;
@@ -73,7 +75,7 @@ pub struct Sessions {
     pub index: Option<Arc<dyn SessionIndex>>,
     pub sweep: Option<Arc<dyn Sweep>>,
     /// Small values with a TTL where the sessions are ([`KeyValue`]): shared by the
-    /// instances that share Redis or PostgreSQL, this process's own otherwise.
+    /// instances that share Redis, PostgreSQL or Memcached, this process's own otherwise.
     pub kv: Arc<dyn KeyValue>,
 }
 
@@ -101,7 +103,7 @@ impl Sessions {
     }
 
     /// A shared server-side store that keeps an index and expires sessions itself
-    /// (Redis).
+    /// (Redis, Memcached).
     pub fn self_expiring<S: SessionStore + SessionIndex + KeyValue + 'static>(
         store: Arc<S>,
     ) -> Sessions {
@@ -158,6 +160,9 @@ pub async fn open(config: &SessionConfig) -> Result<Opened, StoreError> {
         }
         StoreKind::Postgres(postgres) => {
             Sessions::swept(Arc::new(PostgresStore::open(postgres).await?))
+        }
+        StoreKind::Memcached(memcached) => {
+            Sessions::self_expiring(Arc::new(MemcachedStore::connect(memcached).await))
         }
     };
     Ok(Opened {
