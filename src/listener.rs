@@ -464,3 +464,67 @@ fn prepare(
     );
     (TokioIo::new(io), ctx, h2)
 }
+
+/// Backlog of each worker's accept queue (as `TcpListener::bind`'s).
+const BACKLOG: u32 = 1024;
+
+/// Binds the https listener so that each worker can have an accept queue of its own
+/// (`SO_REUSEPORT`, see [`worker_listeners`]).
+///
+/// A port shared with `SO_REUSEPORT` would also be shared with a second cloakroom
+/// started on the same address by the same user, which would then get half the
+/// connections instead of failing to start. So the address is first bound once without
+/// the option: a port in use still fails here with "address in use". Must run inside a
+/// tokio runtime.
+pub fn bind_https(addr: SocketAddr) -> io::Result<TcpListener> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    reuseport_socket(addr)?.listen(BACKLOG)
+}
+
+fn reuseport_socket(addr: SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// One listening socket per worker: `https` and `workers - 1` more on its address, each
+/// with its own accept queue, which the kernel fills by a hash of the client's address
+/// and port (`SO_REUSEPORT`, as nginx's `reuseport` and HAProxy's per-thread bind). One
+/// queue shared by all workers wakes every idle worker for each new connection (all but
+/// one find nothing), and whoever wins takes it, busy or not.
+///
+/// When `https` was bound without `SO_REUSEPORT` (a caller's own socket), its address
+/// cannot be shared: the workers then share its one queue, as before. Must run inside a
+/// tokio runtime (the sockets are made by tokio, then handed over as std sockets).
+pub(crate) fn worker_listeners(
+    https: TcpListener,
+    workers: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let addr = https.local_addr()?;
+    let first = https.into_std()?;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 1..workers {
+        let sibling = match reuseport_socket(addr).and_then(|s| s.listen(BACKLOG)) {
+            Ok(sibling) => sibling.into_std()?,
+            Err(error) => {
+                tracing::debug!(%addr, %error, "no accept queue per worker (the listener was bound without SO_REUSEPORT); the workers share one");
+                let mut shared = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    shared.push(first.try_clone()?);
+                }
+                return Ok(shared);
+            }
+        };
+        listeners.push(sibling);
+    }
+    listeners.push(first);
+    Ok(listeners)
+}
