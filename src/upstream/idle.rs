@@ -116,7 +116,15 @@ impl IdleLists {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+    use crate::upstream::body::RequestBody;
+    use crate::upstream::client::{self, Deadlines};
+    use crate::upstream::BackendState;
 
     #[test]
     fn lists_start_empty_and_clear_is_harmless() {
@@ -124,5 +132,118 @@ mod tests {
         assert!(lists.take(Duration::from_secs(30)).is_none());
         lists.clear();
         assert_eq!(lists.len(), 0);
+    }
+
+    /// A keep-alive HTTP/1.1 server on its own thread that counts the connections it
+    /// accepted.
+    fn upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((mut stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let mut seen = Vec::new();
+                        loop {
+                            let Ok(n) = stream.read(&mut buf).await else {
+                                return;
+                            };
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                            while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                                seen.drain(..end + 4);
+                                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(answer).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        (addr, accepted)
+    }
+
+    /// A worker-like runtime on this thread.
+    fn worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// One GET on `state` from `runtime` (of this thread), its body read to the end (so
+    /// the connection goes back to this thread's list).
+    fn get_on_this_thread(runtime: &tokio::runtime::Runtime, state: &Arc<BackendState>) {
+        runtime.block_on(async {
+            let request = http::Request::builder()
+                .uri("/")
+                .header("host", "upstream")
+                .body(RequestBody::Empty)
+                .unwrap();
+            let deadlines = Deadlines {
+                connect: Duration::from_secs(5),
+                response: Duration::from_secs(5),
+                pool_idle: Duration::from_secs(30),
+            };
+            let response = client::send(state, request, deadlines, false)
+                .await
+                .unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        });
+    }
+
+    #[test]
+    fn a_connection_is_reused_only_by_the_thread_that_pooled_it() {
+        let (addr, accepted) = upstream();
+        let state = Arc::new(BackendState::new(addr));
+        let runtime = worker_runtime();
+        get_on_this_thread(&runtime, &state);
+        get_on_this_thread(&runtime, &state);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "this thread reuses its connection"
+        );
+        assert_eq!(state.idle.len(), 1);
+
+        let other = state.clone();
+        std::thread::spawn(move || {
+            let runtime = worker_runtime();
+            get_on_this_thread(&runtime, &other);
+            get_on_this_thread(&runtime, &other);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "another thread does not take this thread's idle connection, and reuses its own"
+        );
+        assert_eq!(state.idle.len(), 2, "one idle connection per thread");
+
+        state.idle.clear();
+        assert_eq!(
+            state.idle.len(),
+            0,
+            "marking the server down empties every list"
+        );
     }
 }
