@@ -45,6 +45,11 @@ impl HttpBuilders {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
+            // `header_read` and `client_idle` are DeadlineIo's (see `deadline`): hyper's
+            // own head timer (30 s by default) also runs while a keep-alive connection
+            // waits for its next request, and cut idle connections at 30 s whatever
+            // `client_idle` said.
+            .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(max_header_bytes.max(8192))
             .max_headers(200);
