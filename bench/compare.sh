@@ -90,7 +90,7 @@ HS_RATE=${HS_RATE:-1000}
 SCALE_ACTIVE=${SCALE_ACTIVE:-1000}
 RESULTS=${RESULTS:-$BENCH/results}
 IDLE_SETTLE=${IDLE_SETTLE:-12}
-JOBS=${JOBS:-sticky newsess h2 fixed closed handshake idle session}
+JOBS=${JOBS-sticky newsess h2 fixed closed handshake idle session}
 ALL_JOBS=${ALL_JOBS-sticky newsess h2 fixed scale}
 [ "${ALL_CORES_ROW:-1}" = 0 ] && ALL_JOBS=""
 # Row name suffix: "" for the one-core rows, "_all" for the all-cores ones.
@@ -289,8 +289,8 @@ idle_open() {
     sleep 0.1
   done
   [ -e "$TMP/idle.ready" ] || die "idle connections not open after $wait_s s"
-  # Idle connections settle: cloakroom parks an idle HTTP/1.1 connection (frees hyper's
-  # buffers) after one quiet tick of its deadline timer, 5 to 10 s with the defaults.
+  # Idle connections settle (a proxy that frees buffers of idle connections lazily
+  # shows it here).
   sleep "$IDLE_SETTLE"
   ESTABLISHED=$(ss -Htn state established "( sport = :$PROXY_PORT )" | wc -l)
 }

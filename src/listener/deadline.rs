@@ -14,12 +14,10 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -36,31 +34,9 @@ pub(crate) struct ClientDeadlines {
     pub(crate) head_rule: bool,
 }
 
-/// What the IO stream and the request path tell the HTTP/1 driver about whether hyper's
-/// connection is idle (see `park`). Relaxed atomics: written and read by one worker.
-#[derive(Debug, Default)]
-pub(super) struct IoFlags {
-    /// hyper's last read found no byte (it waits for the client).
-    pub(super) read_blocked: AtomicBool,
-    /// Everything hyper wrote was flushed (its last write-side call was a finished flush).
-    pub(super) flushed: AtomicBool,
-    /// Bytes were read since the last request began (a next request head, or a body).
-    pub(super) fresh_bytes: AtomicBool,
-    /// Requests begun whose response body is not sent yet.
-    pub(super) responses: AtomicUsize,
-    /// The last request had a body (hyper may still be reading or draining it).
-    pub(super) body_seen: AtomicBool,
-    /// A whole tick of the deadline timer passed with no byte either way and no request
-    /// (cleared by the next byte).
-    pub(super) quiet: AtomicBool,
-}
-
 /// An IO stream that ends itself when the client idles or dribbles its request head.
 pub(crate) struct DeadlineIo<T> {
     inner: T,
-    flags: Arc<IoFlags>,
-    /// Bytes read from `inner` earlier and handed back (`unread`), served first.
-    unread: Bytes,
     activity: Arc<Activity>,
     deadlines: ClientDeadlines,
     tick: Duration,
@@ -81,8 +57,6 @@ impl<T> DeadlineIo<T> {
         let tick = (deadlines.header_read.min(deadlines.idle) / 2).max(Duration::from_millis(10));
         DeadlineIo {
             inner,
-            flags: Arc::default(),
-            unread: Bytes::new(),
             activity,
             deadlines,
             tick,
@@ -121,40 +95,9 @@ impl<T> DeadlineIo<T> {
             if self.tick * self.idle_ticks >= self.deadlines.idle {
                 return Some(Ok(()));
             }
-            self.flags.quiet.store(true, Ordering::Relaxed);
         }
         self.io_seen = false;
         None
-    }
-
-    /// The flags this stream keeps (see [`IoFlags`]).
-    pub(super) fn flags(&self) -> &Arc<IoFlags> {
-        &self.flags
-    }
-
-    /// The stream the deadlines wrap.
-    pub(super) fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
-    /// Hands back bytes read from this stream but not used (a parked connection's
-    /// unparsed bytes): the next reads return them first.
-    pub(super) fn unread(&mut self, bytes: Bytes) {
-        self.unread = bytes;
-    }
-
-    /// The stream was not polled for `parked` (its connection was parked): the tick
-    /// timer starts again from now, and a pending request head keeps the time it already
-    /// waited (the wait while parked was bounded by `header_read` when it applied).
-    pub(super) fn resume(&mut self, parked: Duration) {
-        if self.head_pending {
-            let ticks = parked.as_nanos() / self.tick.as_nanos().max(1);
-            self.head_ticks = self
-                .head_ticks
-                .saturating_add(u32::try_from(ticks).unwrap_or(u32::MAX));
-        }
-        self.idle_ticks = 0;
-        self.sleep.as_mut().reset(Instant::now() + self.tick);
     }
 
     /// Polls the tick timer; `Ready` when the stream must end.
@@ -177,22 +120,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.unread.is_empty() {
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread[..n]);
-            this.unread.advance(n);
-            this.flags.fresh_bytes.store(true, Ordering::Relaxed);
-            this.flags.quiet.store(false, Ordering::Relaxed);
-            this.flags.read_blocked.store(false, Ordering::Relaxed);
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                this.flags.read_blocked.store(false, Ordering::Relaxed);
                 if buf.filled().len() > before {
-                    this.flags.fresh_bytes.store(true, Ordering::Relaxed);
-                    this.flags.quiet.store(false, Ordering::Relaxed);
                     this.io_seen = true;
                     if this.deadlines.head_rule
                         && !this.head_pending
@@ -206,10 +137,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for DeadlineIo<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                this.flags.read_blocked.store(true, Ordering::Relaxed);
-                this.poll_deadline(cx)
-            }
+            Poll::Pending => this.poll_deadline(cx),
         }
     }
 }
@@ -220,7 +148,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.flags.flushed.store(false, Ordering::Relaxed);
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.io_seen = true;
@@ -233,7 +160,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.flags.flushed.store(false, Ordering::Relaxed);
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.io_seen = true;
@@ -246,11 +172,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        if matches!(polled, Poll::Ready(Ok(()))) {
-            self.flags.flushed.store(true, Ordering::Relaxed);
-        }
-        polled
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

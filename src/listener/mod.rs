@@ -3,7 +3,6 @@
 //! accept queue per worker (`reuseport`), and graceful shutdown.
 
 mod deadline;
-mod park;
 mod reuseport;
 
 pub use reuseport::bind_https;
@@ -241,39 +240,22 @@ async fn serve_connection(
         }
     };
     let (io, ctx, h2) = prepare(stream, peer, &state, &timeouts, hold);
-    let activity = ctx.activity.clone();
-    let flags = io.inner().flags().clone();
     // The request future is boxed too: it is large (about 9 KB), hyper keeps a
     // `Box<Option<future>>` per HTTP/1 connection (5.3 KB more RSS per idle connection
-    // unboxed), and HTTP/2 moves it into a spawned task (a memcpy each time). The
-    // response body counts the request as served until it is sent (see `park`).
-    let service = service_fn(move |request| {
-        let sending = park::Sending::begin(&flags, &request);
-        let serve = proxy::serve(state.clone(), ctx.clone(), request);
-        Box::pin(async move {
-            let response = serve.await?;
-            Ok::<_, std::convert::Infallible>(response.map(|body| park::Tracked {
-                body,
-                _sending: sending,
-            }))
-        })
-    });
+    // unboxed), and HTTP/2 moves it into a spawned task (a memcpy each time).
+    let service =
+        service_fn(move |request| Box::pin(proxy::serve(state.clone(), ctx.clone(), request)));
     let stop = &acceptor.state.stop;
     // Boxed, each protocol its own size (HTTP/1.1 about 4 KB, HTTP/2 about 5.6 KB),
     // instead of every connection's task holding the larger of the two inline (and, next
     // to it, the TLS stream the handshake returned): 1 KB less RSS per idle HTTP/1.1
     // connection (34.6 -> 33.6 KB at 2,000 connections), one allocation per connection.
-    // HTTP/1.1 connections are parked while idle (see `park`).
     let result = if h2 {
         let conn = acceptor.builders.http2.serve_connection(io, service);
         Box::pin(drive(conn, stop)).await
     } else {
-        let deadlines = (timeouts.header_read, timeouts.client_idle);
-        let builder = &acceptor.builders.http1;
-        Box::pin(park::serve(
-            builder, io, service, &activity, deadlines, stop,
-        ))
-        .await
+        let conn = acceptor.builders.http1.serve_connection(io, service);
+        Box::pin(drive(conn.with_upgrades(), stop)).await
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "client connection ended with an error");
