@@ -21,10 +21,20 @@
 #   handshake  a new connection per request, full P-256 handshake (h2load  CPU µs/conn
 #              -r: a new client per connection and no TLS session reuse; wrk would
 #              resume sessions after "Connection: close", see below)
-#   idle       10,000 idle TLS keep-alive connections (bench/idle_conns.py) bytes/conn
+#   idle       10,000 idle TLS keep-alive connections (bench/idle_conns.py), RSS read   bytes/conn
+#              after they were idle IDLE_SETTLE s
 #              (fewer, said in the table, where the open-file hard limit is too low
 #              for HAProxy's 2 descriptors per maxconn and cannot be raised)
 #   session    1,000,000 anonymous sessions, cloakroom only (h2load)       bytes/session
+#
+# All-cores rows (issue 20: the setting users run), after the one-core rows: the jobs of
+# ALL_JOBS again with every proxy on every core (cloakroom `workers = 0`, HAProxy
+# `nbthread` = cores, nginx `worker_processes auto`), nothing pinned: proxy, clients and
+# the upstream share the cores. Each row is named JOB_all; figures as above, plus
+#   *_rps      requests/s at saturation (sticky, newsess, h2) or held at the fixed rate
+#   scale      IDLE_CONNS idle TLS keep-alive connections held open while SCALE_ACTIVE
+#              (1,000) connections run the sticky job closed-loop (wrk): scale_p99 (ms,
+#              of the active load) and scale_rss (MB, the proxy's RSS at the end)
 # Each row: median of REPS reps; a rep starts the proxy afresh, warms it up for WARMUP s,
 # then measures for DURATION s. Errors (status >= 400, socket errors) must be 0 on every
 # row: a row with errors is marked and the script exits 1 at the end.
@@ -36,8 +46,12 @@
 #   REPS=1 DURATION=5 bench/compare.sh
 #   JOBS="sticky h2" bench/compare.sh # some rows only
 # Knobs (environment): REPS (3), DURATION (8 s), WARMUP (2 s), IDLE_CONNS (10000),
-# SESSIONS (1000000), HS_RATE (1000 new connections/s in the handshake row), JOBS (all),
-# ALL_CORES_ROW (1: a reference sticky row with cloakroom's default workers, unpinned).
+# SESSIONS (1000000), HS_RATE (1000 new connections/s in the handshake row), JOBS (all
+# one-core rows), ALL_JOBS (sticky newsess h2 fixed scale: the all-cores rows; "" for
+# none), SCALE_ACTIVE (1000), ALL_CORES_ROW (0: same as ALL_JOBS=""), PEERS (haproxy nginx
+# cloakroom), IDLE_SETTLE (12 s: how long idle connections stay idle before RSS is read),
+# BIN (a cloakroom binary to run instead of building target/release/cloakroom),
+# RESULTS (bench/results: where latest.md and latest-raw.txt go).
 # Writes bench/results/latest.md (the table, also printed) and latest-raw.txt (per rep).
 # Only 127.0.0.1 (ports 19401-19414), every run bounded by `timeout`, and every process it
 # started is stopped on exit.
@@ -65,7 +79,7 @@ for arg in "$@"; do
 done
 if [ "$QUICK" = 1 ]; then
   REPS=${REPS:-1} DURATION=${DURATION:-2} WARMUP=${WARMUP:-1}
-  IDLE_CONNS=${IDLE_CONNS:-1000} SESSIONS=${SESSIONS:-100000} ALL_CORES_ROW=${ALL_CORES_ROW:-0}
+  IDLE_CONNS=${IDLE_CONNS:-1000} SESSIONS=${SESSIONS:-100000} SCALE_ACTIVE=${SCALE_ACTIVE:-200}
 fi
 REPS=${REPS:-3}
 DURATION=${DURATION:-8}
@@ -73,8 +87,16 @@ WARMUP=${WARMUP:-2}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 SESSIONS=${SESSIONS:-1000000}
 HS_RATE=${HS_RATE:-1000}
-ALL_CORES_ROW=${ALL_CORES_ROW:-1}
-JOBS=${JOBS:-sticky newsess h2 fixed closed handshake idle session}
+SCALE_ACTIVE=${SCALE_ACTIVE:-1000}
+RESULTS=${RESULTS:-$BENCH/results}
+IDLE_SETTLE=${IDLE_SETTLE:-12}
+JOBS=${JOBS-sticky newsess h2 fixed closed handshake idle session}
+ALL_JOBS=${ALL_JOBS-sticky newsess h2 fixed scale}
+[ "${ALL_CORES_ROW:-1}" = 0 ] && ALL_JOBS=""
+# Row name suffix: "" for the one-core rows, "_all" for the all-cores ones.
+ROW_SUFFIX=""
+ONE_PIN_PROXY=0
+ONE_PIN_CLIENT=1
 
 UP1=19401 # upstream servers
 UP2=19402
@@ -84,7 +106,7 @@ PORT_NGINX=19413
 PORT_ADMIN=19414
 PIN_PROXY=0
 PIN_CLIENT=1
-PEERS=(haproxy nginx cloakroom)
+read -r -a PEERS <<<"${PEERS:-haproxy nginx cloakroom}"
 
 export PATH=$PATH:/usr/sbin:/sbin # haproxy and nginx live in sbin
 install_tools
@@ -102,9 +124,11 @@ for port in $UP1 $UP2 $PORT_CLOAKROOM $PORT_HAPROXY $PORT_NGINX $PORT_ADMIN; do
   port_free "$port" || die "port $port is in use"
 done
 
-log "cargo build --release"
-cargo build --release --quiet
-BIN=$ROOT/target/release/cloakroom
+if [ -z "${BIN:-}" ]; then
+  log "cargo build --release"
+  cargo build --release --quiet
+  BIN=$ROOT/target/release/cloakroom
+fi
 make_certificate
 start_upstream
 
@@ -113,14 +137,14 @@ RAW=$TMP/latest-raw.txt
 declare -A VALS ERRORS BUSY
 TLS_SEEN=""
 
-# record ROW PROXY REP VALUE ERRS DETAILS...
+# record ROW PROXY REP VALUE ERRS DETAILS... (ROW gets ROW_SUFFIX)
 record() {
-  local row=$1 proxy=$2 rep=$3 value=$4 errs=$5
+  local row=$1$ROW_SUFFIX proxy=$2 rep=$3 value=$4 errs=$5
   shift 5
   VALS[$row|$proxy]="${VALS[$row|$proxy]:-} $value"
   ERRORS[$row|$proxy]=$((${ERRORS[$row|$proxy]:-0} + errs))
   # Who kept the two cores busy, for the note under the table.
-  if [[ "$*" =~ proxy_busy=([0-9]+)%\ upstream_busy=([0-9]+)%\ client_busy=([0-9]+)%\ core[0-9]+=([0-9]+)%\ core[0-9]+=([0-9]+)% ]]; then
+  if [[ "$*" =~ proxy_busy=([0-9]+)%\ upstream_busy=([0-9]+)%\ client_busy=([0-9]+)%\ core[0-9-]+=([0-9]+)%\ core[0-9-]+=([0-9]+)% ]]; then
     local m=("${BASH_REMATCH[@]}")
     BUSY[$row|$proxy]="${m[1]} of ${m[4]} · ${m[3]}+${m[2]} of ${m[5]}"
   fi
@@ -165,9 +189,12 @@ wrk_cpu() {
   parse_wrk "$TMP/wrk.out"
   window_close "$DUR_S"
   [ "$REQS" -gt 0 ] || die "wrk completed no request against $name"
+  local rps
+  rps=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')
   record "$row" "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" \
-    "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')" \
+    "reqs=$REQS rps=$rps" \
     "p99_ms=$(awk -v u="$P99_US" 'BEGIN { printf "%.2f", u / 1000 }')"
+  record "${row}_rps" "$name" "$rep" "$rps" 0 "(same run)"
 }
 
 # --- the jobs: one rep of one row against the running proxy ------------------------------------
@@ -192,6 +219,7 @@ job_h2() {
   parse_h2load "$TMP/h2.out"
   grep -q '^Application protocol: h2' "$TMP/h2.out" || die "$name did not negotiate h2"
   record h2 "$name" "$rep" "$(per_unit_us "$TICKS" "$REQS")" "$ERRS" "$LOAD" "reqs=$REQS"
+  record h2_rps "$name" "$rep" "$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')" 0 "(same run)"
 }
 
 job_fixed() {
@@ -208,6 +236,7 @@ job_fixed() {
     "$LOAD" "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')" \
     "cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
   record fixed_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" 0 "(same run)"
+  record fixed_rps "$name" "$rep" "$(awk -v r="$REQS" -v d="$DURATION" 'BEGIN { printf "%.0f", r / d }')" 0 "(same run)"
 }
 
 job_closed() {
@@ -242,37 +271,73 @@ job_handshake() {
     "conns=$REQS secs=$DUR_S${reuse:+ haproxy_reuse=$reuse%}"
 }
 
-# RSS per idle TLS keep-alive connection: IDLE_CONNS connections, one request each, idle.
-job_idle() {
-  local name=$1 rep=$2 before after status open errs established
-  prepare "$name" ""
+# Opens IDLE_CONNS idle TLS keep-alive connections (one request each) and waits until
+# they are all open; sets IDLE_CLIENT and ESTABLISHED. idle_close ends them and sets
+# IDLE_OPEN and IDLE_ERRS.
+idle_open() {
   rm -f "$TMP/idle.ready" "$TMP/idle.stop"
-  before=$(rss_bytes "$PROXY_PID")
   # Bounded by a rate of at least 50 connections/s.
   local wait_s=$((IDLE_CONNS / 50 + 60))
-  timeout $((wait_s + 60)) taskset -c "$PIN_CLIENT" python3 "$BENCH/idle_conns.py" --port "$PROXY_PORT" \
-    --conns "$IDLE_CONNS" --cookie "$COOKIE" --ready-file "$TMP/idle.ready" \
-    --stop-file "$TMP/idle.stop" >"$TMP/idle.out" 2>&1 &
-  local client=$!
-  PIDS+=("$client")
+  timeout $((wait_s + DURATION + WARMUP + 120)) taskset -c "$PIN_CLIENT" python3 "$BENCH/idle_conns.py" \
+    --port "$PROXY_PORT" --conns "$IDLE_CONNS" --cookie "$COOKIE" --ready-file "$TMP/idle.ready" \
+    --stop-file "$TMP/idle.stop" --hold $((wait_s + DURATION + WARMUP + 60)) >"$TMP/idle.out" 2>&1 &
+  IDLE_CLIENT=$!
+  PIDS+=("$IDLE_CLIENT")
   for _ in $(seq $((wait_s * 10))); do
     [ -e "$TMP/idle.ready" ] && break
-    kill -0 "$client" 2>/dev/null || { cat "$TMP/idle.out" >&2; die "idle_conns.py failed"; }
+    kill -0 "$IDLE_CLIENT" 2>/dev/null || { cat "$TMP/idle.out" >&2; die "idle_conns.py failed"; }
     sleep 0.1
   done
   [ -e "$TMP/idle.ready" ] || die "idle connections not open after $wait_s s"
-  sleep 1
-  after=$(rss_bytes "$PROXY_PID")
-  established=$(ss -Htn state established "( sport = :$PROXY_PORT )" | wc -l)
+  # Idle connections settle (a proxy that frees buffers of idle connections lazily
+  # shows it here).
+  sleep "$IDLE_SETTLE"
+  ESTABLISHED=$(ss -Htn state established "( sport = :$PROXY_PORT )" | wc -l)
+}
+
+idle_close() {
+  local status
   touch "$TMP/idle.stop"
-  wait "$client" || die "idle_conns.py exited with an error"
+  wait "$IDLE_CLIENT" || die "idle_conns.py exited with an error"
   status=$(cat "$TMP/idle.ready")
-  open=$(sed -E 's/.*open=([0-9]+).*/\1/' <<<"$status")
-  errs=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$status")
-  [ "$established" -ge "$open" ] || errs=$((errs + open - established))
-  [ "$open" -gt 0 ] || die "$name: no idle connection opened"
-  record idle "$name" "$rep" $(((after - before) / open)) "$errs" \
-    "conns=$open established=$established rss_before=$before rss_after=$after"
+  IDLE_OPEN=$(sed -E 's/.*open=([0-9]+).*/\1/' <<<"$status")
+  IDLE_ERRS=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$status")
+  [ "$ESTABLISHED" -ge "$IDLE_OPEN" ] || IDLE_ERRS=$((IDLE_ERRS + IDLE_OPEN - ESTABLISHED))
+  [ "$IDLE_OPEN" -gt 0 ] || die "no idle connection opened"
+}
+
+# RSS per idle TLS keep-alive connection: IDLE_CONNS connections, one request each, idle.
+job_idle() {
+  local name=$1 rep=$2 before after
+  prepare "$name" ""
+  before=$(rss_bytes "$PROXY_PID")
+  idle_open
+  after=$(rss_bytes "$PROXY_PID")
+  idle_close
+  record idle "$name" "$rep" $(((after - before) / IDLE_OPEN)) "$IDLE_ERRS" \
+    "conns=$IDLE_OPEN established=$ESTABLISHED rss_before=$before rss_after=$after"
+}
+
+# Connection handling at scale: IDLE_CONNS idle TLS connections stay open while
+# SCALE_ACTIVE connections run the sticky job closed-loop; p99 of the active load and the
+# proxy's RSS at its end.
+job_scale() {
+  local name=$1 rep=$2 before after
+  prepare "$name" ""
+  before=$(rss_bytes "$PROXY_PID")
+  idle_open
+  wrk_run "$SCALE_ACTIVE" "$WARMUP" "$TMP/warm.out" -H "Cookie: $COOKIE"
+  window_open
+  wrk_run "$SCALE_ACTIVE" "$DURATION" "$TMP/wrk.out" -H "Cookie: $COOKIE"
+  parse_wrk "$TMP/wrk.out"
+  window_close "$DUR_S"
+  after=$(rss_bytes "$PROXY_PID")
+  idle_close
+  record scale_p99 "$name" "$rep" "$(awk -v u="$P99_US" 'BEGIN { printf "%.3f", u / 1000 }')" \
+    $((ERRS + IDLE_ERRS)) "$LOAD" "reqs=$REQS rps=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')" \
+    "idle=$IDLE_OPEN established=$ESTABLISHED cpu_us/req=$(per_unit_us "$TICKS" "$REQS")"
+  record scale_rss "$name" "$rep" "$(awk -v b="$after" 'BEGIN { printf "%.1f", b / 1048576 }')" 0 \
+    "(same run) rss_before=$before rss_after=$after"
 }
 
 # cloakroom's metric NAME from the admin listener.
@@ -318,23 +383,45 @@ parse_wrk "$TMP/wrk.out"
 BASE_RPS=$(awk -v r="$REQS" -v d="$DUR_S" 'BEGIN { printf "%.0f", r / d }')
 echo "baseline  upstream direct, plain HTTP, wrk -c32: $BASE_RPS req/s, errors=$ERRS" >>"$RAW"
 
-for job in $JOBS; do
-  declare -F "job_$job" >/dev/null || die "unknown job $job (JOBS)"
-  for rep in $(seq "$REPS"); do
-    for name in "${PEERS[@]}"; do
-      [ "$job" = session ] && [ "$name" != cloakroom ] && continue
-      log "$job rep $rep: $name"
-      start_proxy "$name" "$job"
-      "job_$job" "$name" "$rep"
-      stop_proxy "$name"
+# run_jobs JOBS WORKERS: every rep of every job, the peers alternating within a rep.
+run_jobs() {
+  local jobs=$1 workers=$2 job rep name
+  for job in $jobs; do
+    declare -F "job_$job" >/dev/null || die "unknown job $job"
+    for rep in $(seq "$REPS"); do
+      for name in "${PEERS[@]}"; do
+        [ "$job" = session ] && [ "$name" != cloakroom ] && continue
+        log "$job$ROW_SUFFIX rep $rep: $name"
+        start_proxy "$name" "$job" "$workers"
+        "job_$job" "$name" "$rep"
+        stop_proxy "$name"
+      done
     done
-    if [ "$job" = sticky ] && [ "$ALL_CORES_ROW" = 1 ]; then
-      start_proxy cloakroom sticky 0
-      job_sticky cloakroom "$rep" sticky_all
-      stop_proxy cloakroom
-    fi
   done
-done
+}
+
+# The upstream's and the clients' cores: pin_all one|all.
+pin_all() {
+  local cores=$ONE_PIN_CLIENT pid
+  if [ "$1" = all ]; then
+    cores=0-$(($(nproc) - 1))
+    PIN_PROXY=$cores PIN_CLIENT=$cores ROW_SUFFIX=_all
+  else
+    PIN_PROXY=$ONE_PIN_PROXY PIN_CLIENT=$ONE_PIN_CLIENT ROW_SUFFIX=""
+  fi
+  for pid in $(proc_tree "$UPSTREAM_PID"); do
+    taskset -a -p -c "$cores" "$pid" >/dev/null
+  done
+}
+
+pin_all one
+run_jobs "$JOBS" 1
+if [ -n "$ALL_JOBS" ]; then
+  log "all-cores rows: $ALL_JOBS"
+  pin_all all
+  run_jobs "$ALL_JOBS" 0
+  pin_all one
+fi
 
 # shellcheck source=bench/report.sh
 . "$BENCH/report.sh"
@@ -345,9 +432,9 @@ write_report >"$TMP/latest.md"
   cloakroom_log_summary
 } >>"$RAW"
 
-mkdir -p "$BENCH/results"
-cp "$TMP/latest.md" "$BENCH/results/latest.md"
-cp "$RAW" "$BENCH/results/latest-raw.txt"
+mkdir -p "$RESULTS"
+cp "$TMP/latest.md" "$RESULTS/latest.md"
+cp "$RAW" "$RESULTS/latest-raw.txt"
 cat "$TMP/latest.md"
 log "cloakroom logged:"
 cloakroom_log_summary >&2

@@ -43,15 +43,18 @@ install_tools() {
 # row needs IDLE_CONNS descriptors in the client and in the proxy, and HAProxy reserves
 # two per maxconn. Where the hard limit cannot be raised (no CAP_SYS_RESOURCE) the row
 # uses as many connections as every proxy can hold, and says so (IDLE_NOTE).
-# Sets NOFILE, IDLE_CONNS, IDLE_NOTE, MAXCONN (HAProxy) and WORKER_CONNS (nginx).
+# Sets NOFILE, IDLE_CONNS, IDLE_NOTE, MAXCONN (HAProxy) and WORKER_CONNS (nginx); the
+# scale row adds SCALE_ACTIVE (default 1,000) active connections to the idle ones.
 raise_file_limit() {
-  local want=$((IDLE_CONNS * 2 + 4096)) most
+  local active=${SCALE_ACTIVE:-1000}
+  local want=$((IDLE_CONNS * 2 + active * 4 + 4096)) most
   [ "$(ulimit -Hn)" = unlimited ] || [ "$(ulimit -Hn)" -ge "$want" ] || ulimit -Hn "$want" 2>/dev/null || true
   ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
   NOFILE=$(ulimit -Sn)
   [ "$NOFILE" = unlimited ] && NOFILE=1048576
-  # HAProxy wants 2 x maxconn + about 30 descriptors; maxconn = IDLE_CONNS + 100.
-  most=$((((NOFILE - 50) / 2 - 100) / 100 * 100))
+  # HAProxy wants 2 x maxconn + about 30 descriptors; maxconn = IDLE_CONNS + the scale
+  # row's active connections + 100.
+  most=$((((NOFILE - 50) / 2 - 100 - active) / 100 * 100))
   IDLE_NOTE=""
   if [ "$IDLE_CONNS" -gt "$most" ]; then
     IDLE_NOTE=" (not $IDLE_CONNS: the file limit here is $NOFILE and cannot be raised, and HAProxy reserves 2 per connection)"
@@ -59,8 +62,8 @@ raise_file_limit() {
     IDLE_CONNS=$most
   fi
   [ "$IDLE_CONNS" -ge 100 ] || die "open-file limit $NOFILE is too low for the idle-connection row"
-  MAXCONN=$((IDLE_CONNS + 100))
-  WORKER_CONNS=$((IDLE_CONNS + 1000))
+  MAXCONN=$((IDLE_CONNS + active + 100))
+  WORKER_CONNS=$((IDLE_CONNS + 2 * active + 1000))
 }
 
 # --- processes we start, and their cleanup ----------------------------------------------
@@ -96,11 +99,13 @@ wait_port() {
 }
 
 # Fills in the @...@ placeholders of a template: render TEMPLATE PORT [WORKERS]. The
-# connection limits (set by raise_file_limit in compare.sh) default to 4096.
+# connection limits (set by raise_file_limit in compare.sh) default to 4096; THREADS
+# (HAProxy's nbthread) and NGINX_WORKERS (worker_processes) to 1.
 render() {
   sed -e "s|@TMP@|$TMP|g" -e "s|@UP1@|$UP1|g" -e "s|@UP2@|$UP2|g" -e "s|@PORT@|$2|g" \
     -e "s|@MAXCONN@|${MAXCONN:-4096}|g" -e "s|@WORKER_CONNS@|${WORKER_CONNS:-4096}|g" \
-    -e "s|@NOFILE@|${NOFILE:-8192}|g" -e "s|@WORKERS@|${3:-1}|g" "$1"
+    -e "s|@NOFILE@|${NOFILE:-8192}|g" -e "s|@WORKERS@|${3:-1}|g" \
+    -e "s|@THREADS@|${THREADS:-1}|g" -e "s|@NGINX_WORKERS@|${NGINX_WORKERS:-1}|g" "$1"
 }
 
 # --- /proc readings ----------------------------------------------------------------------
@@ -148,9 +153,14 @@ per_unit_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { printf "%.2f",
 busy_pct() { awk -v t="$1" -v hz="$CLK_TCK" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? t / hz / s * 100 : 0) }'; }
 
 # Busy and total jiffies of the proxy's core and of the clients' core, from /proc/stat.
+# With a core list (the all-cores rows pin nothing) both figures are of all cores.
 core_jiffies() {
-  awk -v a="cpu$PIN_PROXY" -v b="cpu$PIN_CLIENT" '$1 == a || $1 == b {
-      busy = $2 + $3 + $4 + $7 + $8 + $9; printf "%d %d ", busy, busy + $5 + $6 }' /proc/stat
+  local a="cpu$PIN_PROXY" b="cpu$PIN_CLIENT"
+  [[ "$PIN_PROXY" =~ ^[0-9]+$ ]] || a=cpu
+  [[ "$PIN_CLIENT" =~ ^[0-9]+$ ]] || b=cpu
+  awk -v a="$a" -v b="$b" '$1 == a { busy = $2 + $3 + $4 + $7 + $8 + $9; pa = busy " " busy + $5 + $6 }
+      $1 == b { busy = $2 + $3 + $4 + $7 + $8 + $9; pb = busy " " busy + $5 + $6 }
+      END { printf "%s %s ", pa, pb }' /proc/stat
 }
 
 # The measured window of a run: window_open before it, window_close SECONDS after it.
@@ -172,6 +182,7 @@ window_close() {
         (b[4] > a[4] ? (b[3] - a[3]) * 100 / (b[4] - a[4]) : 0) }')
   LOAD="proxy_busy=$(busy_pct "$TICKS" "$secs")% upstream_busy=$(busy_pct "$up" "$secs")%"
   LOAD="$LOAD client_busy=$CLIENT_BUSY% core$PIN_PROXY=${cores% *}% core$PIN_CLIENT=${cores#* }%"
+  [[ "$PIN_PROXY" =~ ^[0-9]+$ ]] || LOAD="$LOAD (all cores)"
 }
 
 # --- the proxies ---------------------------------------------------------------------------
@@ -201,8 +212,8 @@ cloakroom_config() {
   local workers=$1 job=$2 conf=$TMP/cloakroom-$2-$1.toml
   render "$BENCH/cloakroom.toml" "$PORT_CLOAKROOM" "$workers" >"$conf"
   case $job in
-    idle)
-      printf '\n[limits]\nmax_connections = %d\n' $((IDLE_CONNS + 1000)) >>"$conf"
+    idle | scale)
+      printf '\n[limits]\nmax_connections = %d\n' $((IDLE_CONNS + 2 * ${SCALE_ACTIVE:-1000})) >>"$conf"
       ;;
     session)
       # The admin listener serves /metrics: sessions created and live (none evicted).
@@ -217,9 +228,14 @@ cloakroom_config() {
 }
 
 # Starts one proxy for a job and sets PROXY_PID and PROXY_PORT.
-# start_proxy NAME JOB [WORKERS]
+# start_proxy NAME JOB [WORKERS]. WORKERS 0: every core (cloakroom `workers = 0`, HAProxy
+# `nbthread` = cores, nginx `worker_processes auto`), unpinned.
 start_proxy() {
   local name=$1 job=$2 workers=${3:-1} conf pin=(taskset -c "$PIN_PROXY")
+  local THREADS=1 NGINX_WORKERS=1
+  if [ "$workers" = 0 ]; then
+    THREADS=$(nproc) NGINX_WORKERS=auto pin=()
+  fi
   case $name in
     haproxy)
       PROXY_PORT=$PORT_HAPROXY
@@ -238,9 +254,6 @@ start_proxy() {
       conf=$(cloakroom_config "$workers" "$job")
       "$BIN" check -c "$conf" >"$TMP/cloakroom-check.out" 2>&1 ||
         { cat "$TMP/cloakroom-check.out" >&2; die "cloakroom check failed"; }
-      # The default workers (one per core) only means something unpinned: cloakroom
-      # counts the cores it may run on.
-      [ "$workers" = 0 ] && pin=()
       RUST_LOG=warn "${pin[@]}" "$BIN" -c "$conf" >"$TMP/cloakroom.out" 2>&1 &
       ;;
     *) die "unknown proxy $name" ;;

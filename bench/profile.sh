@@ -19,6 +19,13 @@
 #
 #   bench/profile.sh                      # all three: about 4 minutes
 #   JOBS=h2 N1=1000 N2=5000 bench/profile.sh
+#   SERVERS=1 NATIVE=0 bench/profile.sh   # one upstream server; callgrind only
+#   BIN=/tmp/cloakroom-old bench/profile.sh   # another build (A/B), no cargo build
+# Knobs: SERVERS (2: servers in the upstream; 1: only the first), NATIVE (1: the native
+# user/kernel run; 0: skip it, e.g. on a busy machine), BIN (a cloakroom binary to
+# profile instead of building target/release/cloakroom; bench/results/profile.md is then
+# left as it is), KEEP (a directory: the callgrind output files are copied there, for
+# callgrind_annotate).
 # Installs valgrind, nginx, h2load and python3 with apt-get when missing. Writes
 # bench/results/profile.md and prints it. Only 127.0.0.1 (ports 19421-19423); stops
 # everything it started.
@@ -34,6 +41,8 @@ JOBS=${JOBS:-sticky new h2}
 N1=${N1:-2000}
 N2=${N2:-10000}
 DURATION=${DURATION:-5}
+SERVERS=${SERVERS:-2}
+NATIVE=${NATIVE:-1}
 UP1=19421
 UP2=19422
 PORT_CLOAKROOM=19423
@@ -59,12 +68,18 @@ for port in $UP1 $UP2 $PORT_CLOAKROOM; do
   port_free "$port" || die "port $port is in use"
 done
 
-log "cargo build --release"
-cargo build --release --quiet
-BIN=$ROOT/target/release/cloakroom
+BIN_GIVEN=${BIN:-}
+if [ -z "${BIN:-}" ]; then
+  log "cargo build --release"
+  cargo build --release --quiet
+  BIN=$ROOT/target/release/cloakroom
+fi
 make_certificate
 start_upstream
 render "$BENCH/cloakroom.toml" "$PORT_CLOAKROOM" 1 >"$TMP/cloakroom.toml"
+if [ "$SERVERS" = 1 ]; then
+  sed -i "s|^servers  = .*|servers  = [\"127.0.0.1:$UP1\"]|" "$TMP/cloakroom.toml"
+fi
 URL=https://127.0.0.1:$PORT_CLOAKROOM/
 
 # load JOB N: N requests of the job with h2load (the cookie in COOKIE_HEADER).
@@ -129,15 +144,19 @@ REPORT=$TMP/profile.md
   echo "# Where cloakroom's CPU per request goes"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), cloakroom $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)'),"
-  echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(valgrind --version)."
+  echo "$(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), $(valgrind --version),"
+  echo "$SERVERS upstream server(s), binary $BIN."
   echo "\`bench/profile.sh\`: user/kernel split from a native ${DURATION} s run (proxy pinned to"
   echo "core 0); instructions per request from two callgrind runs of $N1 and $N2 requests."
 } >"$REPORT"
 
 for job in $JOBS; do
   case $job in sticky | new | h2) ;; *) die "unknown job $job (sticky, new, h2)" ;; esac
-  log "$job: native run, ${DURATION} s"
-  native_split "$job"
+  USER_PCT=? CPU_US=?
+  if [ "$NATIVE" = 1 ]; then
+    log "$job: native run, ${DURATION} s"
+    native_split "$job"
+  fi
   log "$job: callgrind, $N1 then $N2 requests"
   callgrind_run "$job" "$N1" "$TMP/callgrind.$job.1"
   callgrind_run "$job" "$N2" "$TMP/callgrind.$job.2"
@@ -150,8 +169,15 @@ for job in $JOBS; do
     echo
     python3 "$BENCH/callgrind_groups.py" "$TMP/callgrind.$job.1" "$TMP/callgrind.$job.2" $((N2 - N1)) 15
   } >>"$REPORT"
+  if [ -n "${KEEP:-}" ]; then
+    mkdir -p "$KEEP"
+    cp "$TMP/callgrind.$job.1" "$TMP/callgrind.$job.2" "$KEEP/"
+  fi
 done
 
-mkdir -p "$BENCH/results"
-cp "$REPORT" "$BENCH/results/profile.md"
+# An A/B run of another binary (BIN) does not replace the committed profile.
+if [ -z "${BIN_GIVEN:-}" ]; then
+  mkdir -p "$BENCH/results"
+  cp "$REPORT" "$BENCH/results/profile.md"
+fi
 cat "$REPORT"

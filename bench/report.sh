@@ -2,7 +2,9 @@
 # The report of bench/compare.sh (sourced): one table, a row per job, from the VALS,
 # ERRORS and BUSY arrays the run filled in. write_report prints Markdown.
 
-# Rows: id | what is measured | decimals | target kind (ratio or bytes) | target.
+# Rows: id | what is measured | decimals | target kind | target. Kinds: ratio (lower is
+# better: cloakroom ÷ the lowest peer ≤ target), higher (higher is better: cloakroom ÷ the
+# highest peer ≥ target), bytes (cloakroom's figure ≤ target), none (no target).
 report_rows() {
   cat <<EOF
 sticky|h1 keep-alive, sticky cookie on every request (wrk -c32): CPU µs/req|1|ratio|0.85
@@ -14,7 +16,19 @@ closed_p99|closed loop, 50 connections, sticky (wrk -c50): p99 ms|2|ratio|1.2
 handshake|new TLS connection per request, full P-256 handshake ($HS_RATE conn/s, h2load -r): CPU µs/conn|0|ratio|0.5
 idle|RSS per idle TLS keep-alive connection, $IDLE_CONNS connections$IDLE_NOTE: bytes/conn|0|ratio|1.0
 session|RSS per anonymous session, $SESSIONS sessions (cloakroom only): bytes/session|0|bytes|300
-sticky_all|for reference: the sticky row with cloakroom's default workers (one per core, unpinned): CPU µs/req|1|none|
+sticky_rps|same run: requests/s|0|none|
+h2_rps|same run: requests/s|0|none|
+sticky_all|**all cores** (cloakroom \`workers = 0\`, HAProxy \`nbthread $(nproc)\`, nginx \`worker_processes auto\`, nothing pinned): sticky, wrk -c32: CPU µs/req|1|ratio|1.0
+sticky_rps_all|all cores, same run: requests/s at saturation|0|higher|1.0
+newsess_all|all cores: new session per request (wrk -c32): CPU µs/req|1|ratio|1.0
+newsess_rps_all|all cores, same run: requests/s at saturation|0|higher|1.0
+h2_all|all cores: h2, 10 connections × 5 streams: CPU µs/req|1|ratio|1.0
+h2_rps_all|all cores, same run: requests/s at saturation|0|higher|1.0
+fixed_p50_all|all cores: fixed 10,000 req/s over 50 h1 connections: p50 ms|2|ratio|1.0
+fixed_p99_all|all cores, same run: p99 ms|2|ratio|1.0
+fixed_rps_all|all cores, same run: requests/s held (of 10,000)|0|higher|1.0
+scale_p99_all|all cores: $IDLE_CONNS idle TLS connections + $SCALE_ACTIVE active (wrk -c$SCALE_ACTIVE, sticky): p99 ms of the active load|2|ratio|1.0
+scale_rss_all|all cores, same run: proxy RSS MB|1|ratio|1.2
 EOF
 }
 
@@ -62,7 +76,9 @@ report_header() {
   echo "all the proxy's processes (/proc, 1/$CLK_TCK s ticks) ÷ requests or connections; latency from"
   echo "the client (h2load's per-request log, wrk's histogram); RSS = VmRSS of all the proxy's"
   echo "processes after − before, ÷ connections or sessions. Errors (status >= 400, socket errors)"
-  echo "must be 0. Ratio = cloakroom ÷ the best (lowest) peer; below 1 = cloakroom is cheaper or faster."
+  echo "must be 0. Ratio = cloakroom ÷ the best peer (the lowest; for requests/s the highest); below 1"
+  echo "= cloakroom is cheaper or faster (for requests/s: above 1). Rows marked all cores run every"
+  echo "proxy on every core, unpinned, sharing them with the clients and the upstream."
   echo
 }
 
@@ -76,7 +92,11 @@ write_report() {
     cell "$id" haproxy "$decimals"; hp=$CELL_VALUE; local c_hp=$CELL
     cell "$id" nginx "$decimals"; ng=$CELL_VALUE; local c_ng=$CELL
     cell "$id" cloakroom "$decimals"; cr=$CELL_VALUE; local c_cr=$CELL
-    best=$(printf '%s\n' "$hp" "$ng" | sed '/^$/d' | sort -g | head -1)
+    if [ "$kind" = higher ]; then
+      best=$(printf '%s\n' "$hp" "$ng" | sed '/^$/d' | sort -g | tail -1)
+    else
+      best=$(printf '%s\n' "$hp" "$ng" | sed '/^$/d' | sort -g | head -1)
+    fi
     ratio="-"
     [ -n "$best" ] && [ -n "$cr" ] &&
       ratio=$(awk -v a="$cr" -v b="$best" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
@@ -84,6 +104,8 @@ write_report() {
     case $kind in
       ratio) verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print ((r != "-" && r <= t) ? "met" : "missed") }')
         target="≤ $target $verdict" ;;
+      higher) verdict=$(awk -v r="$ratio" -v t="$target" 'BEGIN { print ((r != "-" && r >= t) ? "met" : "missed") }')
+        target="≥ $target $verdict" ;;
       bytes) verdict=$(awk -v v="$cr" -v t="$target" 'BEGIN { print ((v != "" && v <= t) ? "met" : "missed") }')
         target="≤ $target B $verdict" ;;
       *) target="-" ;;

@@ -63,8 +63,12 @@ impl Listeners {
                 .await
                 .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
         };
+        let https = listener::bind_https(config.listen.https).map_err(|e| {
+            let addr = config.listen.https;
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+        })?;
         Ok(Listeners {
-            https: bind(config.listen.https).await?,
+            https,
             http: match config.listen.http {
                 Some(addr) => Some(bind(addr).await?),
                 None => None,
@@ -194,10 +198,9 @@ pub async fn run(
         cut: cut.clone(),
         open: open.clone(),
     };
-    let https = listeners.https.into_std().map_err(RunError::Listener)?;
+    let https = listener::worker_listeners(listeners.https, workers).map_err(RunError::Listener)?;
     let mut worker_threads = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let listener = https.try_clone().map_err(RunError::Listener)?;
+    for (index, listener) in https.into_iter().enumerate() {
         let acceptor = acceptor.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cloakroom-w{index}"))
@@ -205,7 +208,7 @@ pub async fn run(
             .map_err(RunError::Listener)?;
         worker_threads.push(thread);
     }
-    drop((acceptor, https));
+    drop(acceptor);
 
     let mut accept_loops = JoinSet::new();
     let mut admin_loop = JoinSet::new();

@@ -48,11 +48,54 @@ fn idempotent(method: &Method) -> bool {
 /// Most servers one request is tried on.
 const MAX_ATTEMPTS: usize = 3;
 
+/// What a sent request is rebuilt from when its exchange failed after some of it was
+/// written (hyper consumes a request once it writes it, and gives back only one it never
+/// wrote). Taken only for an attempt whose failure could be retried (see [`send`]).
+struct Replay {
+    method: Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<RequestBody>) -> Replay {
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn into_request(self) -> Request<RequestBody> {
+        let mut fresh = Request::new(RequestBody::Empty);
+        *fresh.method_mut() = self.method;
+        *fresh.uri_mut() = self.uri;
+        *fresh.headers_mut() = self.headers;
+        fresh
+    }
+}
+
+/// Whether a failed attempt on `current` could be followed by another: the attempt
+/// budget is not spent and some other server not tried yet is healthy. Errs towards
+/// yes (affinity may still refuse the move), never towards no.
+fn retry_possible(pool: &UpstreamPool, tried: &[BackendId], current: BackendId) -> bool {
+    tried.len() + 1 < MAX_ATTEMPTS.min(pool.backends.len())
+        && pool
+            .backends
+            .iter()
+            .any(|b| b.id != current && !tried.contains(&b.id) && b.state.is_healthy())
+}
+
 /// Sends the request to a server of `pool` chosen by [`upstream_peer`], retrying on
 /// another server when the connect failed (the request came back untouched, any
 /// method), or when an idempotent request without a body failed after it was sent. A
 /// server whose connect fails is marked down. The session's pin follows the server that
 /// answered. Returns the response head and whether the session moved to another server.
+///
+/// A request that went out cannot be had back from hyper, so resending one needs a copy
+/// of its head made before it is sent. That copy (method, URI and the whole header map)
+/// is made only for an attempt whose failure could be retried: never with one server,
+/// nor on the last attempt the budget allows, nor when no other server is healthy.
 pub(super) async fn send(
     pool: &UpstreamPool,
     mut ctx: Option<&mut SessionCtx>,
@@ -61,15 +104,8 @@ pub(super) async fn send(
     tunnel: bool,
     access: &mut AccessRecord,
 ) -> Result<(Response<UpstreamBody>, bool), ProxyError> {
-    let mut replay =
-        (idempotent(request.method()) && http_body::Body::is_end_stream(request.body()) && !tunnel)
-            .then(|| {
-                (
-                    request.method().clone(),
-                    request.uri().clone(),
-                    request.headers().clone(),
-                )
-            });
+    let replayable =
+        idempotent(request.method()) && http_body::Body::is_end_stream(request.body()) && !tunnel;
     let key = ctx.as_deref().map(|c| SessionKey {
         public_id: c.session.public_id.0,
         pinned: c.session.pinned,
@@ -87,6 +123,8 @@ pub(super) async fn send(
                 request.headers_mut().remove(&inject::REPINNED);
             }
         }
+        let replay =
+            (replayable && retry_possible(pool, &tried, backend.id)).then(|| Replay::of(&request));
         let attempt = std::time::Instant::now();
         let result = client::send(&backend.state, request, deadlines, tunnel).await;
         let status = result.as_ref().ok().map(|r| r.status().as_u16());
@@ -98,6 +136,7 @@ pub(super) async fn send(
                 }
                 return Ok((response, repinned && key.is_some()));
             }
+            // Nothing of it was written: any method may go elsewhere.
             Err(SendError {
                 error,
                 request: Some(back),
@@ -108,16 +147,9 @@ pub(super) async fn send(
             Err(SendError {
                 error,
                 request: None,
-            }) => match (&error, replay.take()) {
-                (
-                    UpstreamError::Exchange { .. } | UpstreamError::Closed { .. },
-                    Some((method, uri, headers)),
-                ) => {
-                    let mut fresh = Request::new(RequestBody::Empty);
-                    *fresh.method_mut() = method;
-                    *fresh.uri_mut() = uri;
-                    *fresh.headers_mut() = headers;
-                    request = fresh;
+            }) => match (&error, replay) {
+                (UpstreamError::Exchange { .. } | UpstreamError::Closed { .. }, Some(replay)) => {
+                    request = replay.into_request();
                     error
                 }
                 _ => return Err(error.into()),

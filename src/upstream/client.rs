@@ -17,7 +17,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -44,6 +44,11 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Whether the connection can take no more requests.
+    pub(super) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Polls the connection's IO. True when it is finished (closed or failed).
     fn poll_driver(
         driver: &mut Option<Pin<Box<Driver>>>,
@@ -123,13 +128,6 @@ enum Exchange {
     Closed,
 }
 
-/// An idle pooled connection.
-#[derive(Debug)]
-pub(crate) struct IdleConn {
-    conn: Conn,
-    since: Instant,
-}
-
 /// Why a request to an upstream server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -196,29 +194,16 @@ pub(crate) struct Deadlines {
 }
 
 impl BackendState {
+    /// An idle connection of this thread (see `idle`), if one is open.
     fn checkout(&self, pool_idle: Duration) -> Option<Conn> {
-        let mut idle = crate::lock(&self.idle);
-        while let Some(entry) = idle.pop() {
-            if !entry.conn.sender.is_closed() && entry.since.elapsed() < pool_idle {
-                return Some(entry.conn);
-            }
-        }
-        None
+        self.idle.take(pool_idle)
     }
 
     fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() || conn.driver.is_none() {
+        if conn.is_closed() || conn.driver.is_none() {
             return;
         }
-        let mut idle = crate::lock(&self.idle);
-        // Bound the pool; the oldest connections go first.
-        if idle.len() >= MAX_IDLE_PER_SERVER {
-            idle.remove(0);
-        }
-        idle.push(IdleConn {
-            conn,
-            since: Instant::now(),
-        });
+        self.idle.put(conn);
     }
 
     /// A new connection. Pooled ones are driven by their holder; an upgrade connection
@@ -259,9 +244,6 @@ impl BackendState {
         })
     }
 }
-
-/// Most idle connections kept per server.
-const MAX_IDLE_PER_SERVER: usize = 256;
 
 /// Sends `request` to the server behind `state`: a pooled connection when one is idle
 /// (a stale one is replaced transparently when the request came back unsent), a new one

@@ -11,6 +11,7 @@ pub(crate) mod affinity;
 pub(crate) mod balancer;
 pub mod body;
 pub(crate) mod client;
+mod idle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,8 +48,8 @@ pub struct BackendState {
     pub(crate) in_flight: AtomicUsize,
     /// Passive and active health verdict.
     pub(crate) healthy: AtomicBool,
-    /// Idle keep-alive connections, most recently used last.
-    pub(crate) idle: Mutex<Vec<client::IdleConn>>,
+    /// Idle keep-alive connections, one list per worker thread (see `idle`).
+    pub(crate) idle: idle::IdleLists,
     /// Health-check bookkeeping; touched by the health task and on passive failures.
     pub(crate) probe: Mutex<Probe>,
     /// Attempts, failures, latency and health notes (the admin status page).
@@ -75,7 +76,7 @@ impl BackendState {
             addr,
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
-            idle: Mutex::new(Vec::new()),
+            idle: idle::IdleLists::default(),
             probe: Mutex::new(Probe {
                 passes: 0,
                 fails: 0,
@@ -110,7 +111,7 @@ impl BackendState {
             probe.backoff = FIRST_BACKOFF;
             probe.next = Instant::now() + FIRST_BACKOFF;
             drop(probe);
-            crate::lock(&self.idle).clear();
+            self.idle.clear();
         }
     }
 

@@ -47,7 +47,7 @@ use crate::random::random_bytes;
 use crate::session::{record, Expiry, PublicId, Session, Token};
 use error::PgError;
 use outage::{is_outage, probe};
-use pool::{Conn, Connector, Manager, Pool};
+use pool::{Conn, Connector, Pool};
 use schema::{SchemaError, Sql, SWEEP_BATCH};
 
 pub use schema::{script as schema_script, table_name};
@@ -100,19 +100,7 @@ impl PostgresStore {
     pub async fn open(config: &PostgresConfig) -> Result<PostgresStore, StoreError> {
         let connector = Connector::new(config).await?;
         let sql = Arc::new(Sql::new(&config.table));
-        let manager = Manager {
-            connector: connector.clone(),
-            sql,
-            epoch: std::sync::atomic::AtomicU64::new(0),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(config.pool)
-            .runtime(deadpool::Runtime::Tokio1)
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
-            .build()
-            .map_err(|e| StoreError::backend("connection pool", e))?;
+        let pool = Pool::new(connector.clone(), sql, config.pool, config.timeout);
         let shared = Arc::new(Shared {
             pool,
             connector,

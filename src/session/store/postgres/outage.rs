@@ -44,7 +44,7 @@ impl Shared {
                     Ok(value) => return Ok(value),
                     Err(error) if !retried && is_outage(&error) => {
                         tracing::debug!(%error, "a pooled session database connection broke; running the operation once more");
-                        self.pool.manager().connection_broke();
+                        self.pool.connection_broke();
                         retried = true;
                     }
                     Err(error) => return Err(Some(error)),

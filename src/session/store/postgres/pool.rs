@@ -1,11 +1,20 @@
-//! Connections to PostgreSQL: a deadpool manager whose connections carry every
-//! statement of the store already prepared, and the TLS setup for `sslmode=require`.
+//! Connections to PostgreSQL: one deadpool pool per thread that runs store calls, whose
+//! connections carry every statement of the store already prepared, and the TLS setup
+//! for `sslmode=require`.
 //!
 //! Invariants:
 //! - A connection's socket and its driver task live on the runtime that made it: a
-//!   request worker's own event loop (its queries then need no hop to another
-//!   thread), or the main runtime (schema, sweep, probe). When a worker's runtime
-//!   ends at shutdown its connections close, and the pool replaces them on use.
+//!   request worker's own event loop, or the main runtime (schema, sweep, probe). Each
+//!   thread takes connections only from its own pool ([`Pool::get`]), so a worker never
+//!   polls a socket registered with another worker's reactor (every readiness event
+//!   would cross threads), as the Redis store's per-thread links. When a worker's
+//!   runtime ends at shutdown its connections close, and recycling drops them.
+//! - `session.postgres.pool` stays the limit of the whole process, shared by the
+//!   threads' pools (not split): a connection holds one of `pool` slots for its life.
+//!   A thread that needs a connection when every slot is taken first closes an idle
+//!   connection of another thread (a closed one first), then waits for a slot within
+//!   the operation's deadline, as it waited for a busy pool before. With `workers = 1`
+//!   that is the one pool it always was, plus the main runtime's for the background work.
 //! - Statements are prepared once per connection, pipelined, when it is made; the
 //!   request path then sends one Bind/Execute per operation (no parse, no lookup).
 //! - A connection whose driver has ended is never handed out again (recycle checks).
@@ -14,12 +23,15 @@
 //!   epoch moved on), so a retry gets one that answers, or a new one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
+use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use dashmap::DashMap;
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket, Statement};
 
@@ -28,8 +40,76 @@ use super::schema::Sql;
 use crate::config::PostgresConfig;
 use crate::session::StoreError;
 
-/// The pool of the store's connections.
-pub(crate) type Pool = managed::Pool<Manager>;
+/// The threads' pools, by thread.
+type Pools = DashMap<ThreadId, managed::Pool<Manager>>;
+
+/// The store's connections: one deadpool pool per thread, under one process-wide limit
+/// (see the module header).
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pools: Arc<Pools>,
+    connector: Connector,
+    sql: Arc<Sql>,
+    /// Moves on when a connection breaks; older connections are checked before use.
+    epoch: Arc<AtomicU64>,
+    /// `session.postgres.pool` slots; each open connection holds one.
+    slots: Arc<Semaphore>,
+    size: usize,
+    timeout: Duration,
+}
+
+impl Pool {
+    /// At most `size` connections in all, each made or checked within `timeout`.
+    pub(crate) fn new(connector: Connector, sql: Arc<Sql>, size: usize, timeout: Duration) -> Pool {
+        Pool {
+            pools: Arc::new(DashMap::new()),
+            connector,
+            sql,
+            epoch: Arc::new(AtomicU64::new(0)),
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            timeout,
+        }
+    }
+
+    /// A connection of this thread's pool (made on this thread's runtime when none is
+    /// idle).
+    pub(crate) async fn get(&self) -> Result<Object<Manager>, PoolError<PgError>> {
+        self.mine()?.get().await
+    }
+
+    /// This thread's pool, made on its first use.
+    fn mine(&self) -> Result<managed::Pool<Manager>, PoolError<PgError>> {
+        let thread = std::thread::current().id();
+        if let Some(pool) = self.pools.get(&thread) {
+            return Ok(pool.clone());
+        }
+        let manager = Manager {
+            connector: self.connector.clone(),
+            sql: self.sql.clone(),
+            epoch: self.epoch.clone(),
+            slots: self.slots.clone(),
+            peers: Arc::downgrade(&self.pools),
+            thread,
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(self.size)
+            .runtime(deadpool::Runtime::Tokio1)
+            .wait_timeout(Some(self.timeout))
+            .create_timeout(Some(self.timeout))
+            .recycle_timeout(Some(self.timeout))
+            .build()
+            .map_err(|_| PoolError::Closed)?;
+        self.pools.insert(thread, pool.clone());
+        Ok(pool)
+    }
+
+    /// A connection broke: every connection made before now, in every thread's pool,
+    /// answers a round trip before it is handed out again.
+    pub(crate) fn connection_broke(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// One pooled connection and its prepared statements.
 #[derive(Debug)]
@@ -38,6 +118,8 @@ pub(crate) struct Conn {
     pub(crate) st: Statements,
     /// The pool's epoch when this connection was made or last checked.
     epoch: u64,
+    /// Its place under `session.postgres.pool`, given back when it closes.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Every statement the store runs, prepared on one connection.
@@ -206,20 +288,70 @@ async fn tls_connector(
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(client))
 }
 
-/// Makes and checks the pool's connections.
+/// Makes and checks the connections of one thread's pool.
 #[derive(Debug)]
 pub(crate) struct Manager {
-    pub(crate) connector: Connector,
-    pub(crate) sql: Arc<Sql>,
-    /// Moves on when a connection breaks; older connections are checked before use.
-    pub(crate) epoch: AtomicU64,
+    connector: Connector,
+    sql: Arc<Sql>,
+    /// Shared by every thread's pool (see [`Pool::connection_broke`]).
+    epoch: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
+    /// Every thread's pool, to close an idle connection of another thread when all
+    /// slots are taken (weak: the pools hold their managers).
+    peers: Weak<Pools>,
+    thread: ThreadId,
 }
 
+/// How often a thread that found every slot taken looks again for an idle connection
+/// of another thread to close (idle connections hold slots without a waiter to tell).
+const SLOT_RECHECK: Duration = Duration::from_millis(5);
+
 impl Manager {
-    /// A connection broke: every connection made before now answers a round trip
-    /// before it is handed out again.
-    pub(crate) fn connection_broke(&self) {
-        self.epoch.fetch_add(1, Ordering::Relaxed);
+    /// A slot for a new connection: a free one, or one freed by closing an idle
+    /// connection of another thread, or the first one given back. The pool's
+    /// `create_timeout` bounds the wait.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, PgError> {
+        loop {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => return Ok(slot),
+                Err(TryAcquireError::Closed) => return Err(PgError::Gone),
+                Err(TryAcquireError::NoPermits) => {}
+            }
+            self.close_idle_elsewhere();
+            let wait = self.slots.clone().acquire_owned();
+            match tokio::time::timeout(SLOT_RECHECK, wait).await {
+                Ok(Ok(slot)) => return Ok(slot),
+                Ok(Err(_)) => return Err(PgError::Gone),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Closes connections of other threads' pools that hold a slot for nothing: every
+    /// closed one, else one idle one.
+    fn close_idle_elsewhere(&self) {
+        let Some(peers) = self.peers.upgrade() else {
+            return;
+        };
+        let others: Vec<managed::Pool<Manager>> = peers
+            .iter()
+            .filter(|entry| *entry.key() != self.thread)
+            .map(|entry| entry.value().clone())
+            .collect();
+        drop(peers);
+        for pool in &others {
+            pool.retain(|conn, _| !conn.client.is_closed());
+        }
+        if self.slots.available_permits() > 0 {
+            return;
+        }
+        for pool in &others {
+            let mut closed = false;
+            pool.retain(|_, _| std::mem::replace(&mut closed, true));
+            if closed {
+                return;
+            }
+        }
     }
 }
 
@@ -228,12 +360,18 @@ impl managed::Manager for Manager {
     type Error = PgError;
 
     async fn create(&self) -> Result<Conn, PgError> {
+        let slot = self.slot().await?;
         let epoch = self.epoch.load(Ordering::Relaxed);
         let client = self.connector.connect().await?;
         // Boxed: the preparing future is large (eleven statements in flight), and it
         // would otherwise be part of every `Pool::get` future on the request path.
         let st = Box::pin(Statements::prepare(&client, &self.sql)).await?;
-        Ok(Conn { client, st, epoch })
+        Ok(Conn {
+            client,
+            st,
+            epoch,
+            _slot: slot,
+        })
     }
 
     async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<PgError> {
