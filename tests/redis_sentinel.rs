@@ -11,11 +11,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::sentinel::{SentinelGroup, MASTER};
-use common::session_app::App;
+use common::session_app::{get, login, App};
 use common::TestProxy;
 use reqwest::StatusCode;
 
-const COOKIE: &str = "__Host-cloakroom";
 const SECRET: &str = "0123456789abcdef0123456789abcdef-sentinel-test";
 
 /// A proxy with two workers whose sessions live in the master the sentinels name.
@@ -34,49 +33,6 @@ async fn proxy(app: &App, group: &SentinelGroup) -> TestProxy {
         ))
         .start()
         .await
-}
-
-/// What one request returned: the status, our cookie if set, the app's answer (the
-/// user it was told about, or `anon`).
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    cookie: Option<String>,
-    body: String,
-}
-
-/// GET `path` over a new client connection (so requests spread over the workers).
-async fn get(proxy: &TestProxy, path: &str, cookie: Option<&str>) -> Reply {
-    let mut request = proxy.client_h1().get(proxy.url(path));
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", format!("{COOKIE}={cookie}"));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let cookie = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{COOKIE}=")))
-        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
-        .filter(|v| !v.is_empty());
-    let body = response.text().await.unwrap();
-    Reply {
-        status,
-        cookie,
-        body,
-    }
-}
-
-/// Starts a session and logs it in as `user`; returns the login's cookie.
-async fn login(proxy: &TestProxy, user: &str) -> String {
-    let first = get(proxy, "/", None).await;
-    assert_eq!(first.status, StatusCode::OK, "{first:?}");
-    let anon = first.cookie.expect("a new session sets a cookie");
-    let login = get(proxy, &format!("/login?user={user}"), Some(&anon)).await;
-    assert_eq!(login.status, StatusCode::OK, "{login:?}");
-    login.cookie.expect("a login sets a fresh cookie")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

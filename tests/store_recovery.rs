@@ -25,11 +25,10 @@ use cloakroom::session::store::PostgresStore;
 use cloakroom::session::{random_bytes, Expiry, PublicId, RedisStore, Session, SessionStore};
 use common::postgres::{unique_table, PgCluster};
 use common::redis::RedisServer;
-use common::session_app::App;
+use common::session_app::{get, login, App};
 use common::{poll_until, TestProxy, SOON};
 use reqwest::StatusCode;
 
-const COOKIE: &str = "__Host-cloakroom";
 const SECRET: &str = "0123456789abcdef0123456789abcdef-recovery-test";
 
 const EXPIRY: Expiry = Expiry {
@@ -119,50 +118,6 @@ async fn proxy(app: &App, workers: usize, store: &str) -> TestProxy {
         ))
         .start()
         .await
-}
-
-/// What one request returned.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    /// Our cookie's new value, if the response set one.
-    cookie: Option<String>,
-    /// The app's answer: the user it was told about, or `anon`.
-    body: String,
-}
-
-/// GET `path` over a new client connection (so that requests spread over the workers).
-async fn get(proxy: &TestProxy, path: &str, cookie: Option<&str>) -> Reply {
-    let mut request = proxy.client_h1().get(proxy.url(path));
-    if let Some(cookie) = cookie {
-        request = request.header("cookie", format!("{COOKIE}={cookie}"));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let cookie = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{COOKIE}=")))
-        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
-        .filter(|v| !v.is_empty());
-    let body = response.text().await.unwrap();
-    Reply {
-        status,
-        cookie,
-        body,
-    }
-}
-
-/// Starts a session and logs it in as `user`; returns the login's cookie.
-async fn login(proxy: &TestProxy, user: &str) -> String {
-    let first = get(proxy, "/", None).await;
-    assert_eq!(first.status, StatusCode::OK, "{first:?}");
-    let anon = first.cookie.expect("a new session sets a cookie");
-    let login = get(proxy, &format!("/login?user={user}"), Some(&anon)).await;
-    assert_eq!(login.status, StatusCode::OK, "{login:?}");
-    login.cookie.expect("a login sets a fresh cookie")
 }
 
 /// Uses the store from every worker: new sessions and logged-in requests, some of

@@ -72,11 +72,12 @@ impl Client {
                     .map_err(|e| format!("oidc.ca {}: {e}", path.display()))?;
             }
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::crypto::provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         Ok(Client {
             tls: TlsConnector::from(Arc::new(config)),
             timeout,

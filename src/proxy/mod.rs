@@ -9,6 +9,7 @@
 mod access;
 pub(crate) mod body;
 mod control;
+mod ctx;
 mod endpoints;
 mod error;
 pub(crate) mod headers;
@@ -33,7 +34,8 @@ pub use error::{Blame, ProxyError};
 use crate::conn::ConnCtx;
 use crate::state::AppState;
 use access::{AccessRecord, RequestLine};
-use pipeline::{Ctx, Extras};
+use ctx::Ctx;
+use pipeline::Extras;
 
 /// Serves one request; never fails.
 pub(crate) async fn serve(

@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use super::body::ResponseBody;
 use super::control::Control;
+use super::ctx::Ctx;
 use super::error::ProxyError;
-use super::pipeline::Ctx;
 use super::session::{self, SessionCtx};
 use crate::config::RouteConfig;
 use crate::oidc::backchannel::{id_token_key, remember};

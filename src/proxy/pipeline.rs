@@ -34,6 +34,7 @@ use hyper::body::Incoming;
 use super::access::AccessRecord;
 use super::body::ResponseBody;
 use super::control::take_control;
+use super::ctx::Ctx;
 use super::endpoints::{self, JWKS_PATH, LOGOUT_PATH};
 use super::error::ProxyError;
 use super::session::{self, SessionCtx};
@@ -45,19 +46,10 @@ use crate::conn::{ConnCtx, X_REQUEST_ID};
 use crate::inject;
 use crate::router::{normalize_host, RouteId};
 use crate::session::Session;
-use crate::state::{AppState, Runtime};
+use crate::state::Runtime;
 use crate::upstream::body::RequestBody;
 use crate::upstream::client::Deadlines;
 use crate::upstream::{UpstreamBody, UpstreamPool};
-
-/// What every phase reads: the process state, the request's runtime snapshot (loaded
-/// once, kept to the end) and its client connection.
-#[derive(Clone, Copy)]
-pub(crate) struct Ctx<'a> {
-    pub(crate) state: &'a Arc<AppState>,
-    pub(crate) rt: &'a Runtime,
-    pub(crate) conn: &'a Arc<ConnCtx>,
-}
 
 /// The response extras: what the phases leave to be put on the client's response by
 /// [`response_filter`], whatever that response is (an error included, so a new session

@@ -47,7 +47,7 @@ impl CertTable {
 
 /// Loads every certificate the config names. Blocking file IO.
 pub fn load_cert_table(tls: &TlsConfig) -> Result<CertTable, TlsError> {
-    let provider = super::provider();
+    let provider = super::crypto::provider();
     let default = match &tls.default {
         Some(paths) => Some(load_pair(&provider, paths, "tls")?),
         None => None,

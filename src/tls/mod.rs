@@ -7,6 +7,7 @@
 
 pub(crate) mod acme;
 mod certs;
+pub mod crypto;
 mod resolver;
 
 use std::sync::Arc;
@@ -44,17 +45,6 @@ impl TlsError {
         }
     }
 }
-
-/// The crypto provider of every TLS connection the proxy makes or accepts: ring.
-///
-/// aws-lc-rs was measured against it per full handshake (X25519 + ECDSA P-256, one
-/// request, 500 new connections/s, proxy on one core): 340, 353, 320 µs against ring's
-/// 367, 327, 327 µs, no difference; ring's X25519 and P-256 use the CPU's ADX/BMI2
-/// instructions here. So the smaller dependency stays.
-pub fn provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
-
 /// Builds the process-wide rustls config around `resolver`. Every suite of the provider's
 /// default provider is an AEAD (AES-GCM, ChaCha20-Poly1305) with ECDHE key exchange
 /// under TLS 1.2 (pinned by a unit test); CBC, RSA key exchange and TLS < 1.2 are never
@@ -66,7 +56,7 @@ pub fn server_config(
     resolver: Arc<CertResolver>,
     acme: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+    let mut config = ServerConfig::builder_with_provider(Arc::new(crypto::provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
@@ -85,7 +75,7 @@ pub fn server_config(
 mod tests {
     #[test]
     fn only_tls_1_2_and_1_3_with_forward_secret_aead_suites() {
-        let provider = super::provider();
+        let provider = super::crypto::provider();
         for suite in &provider.cipher_suites {
             let name = format!("{:?}", suite.suite());
             let aead = name.contains("_GCM_") || name.contains("CHACHA20_POLY1305");

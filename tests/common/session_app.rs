@@ -5,7 +5,11 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use super::{MockUpstream, Mode};
+use reqwest::StatusCode;
+
+use super::{MockUpstream, Mode, TestProxy};
+
+const COOKIE: &str = "__Host-cloakroom";
 
 /// Drives sessions by path: `/login?user=NAME`, `/logout`, `/logout-everywhere`,
 /// `/healthz` (200 or 503 by its switch); anything else answers with the
@@ -30,4 +34,49 @@ impl App {
         let healthy = upstream.health_switch();
         App { upstream, healthy }
     }
+}
+
+/// What one request to a proxy in front of [`App`] returned (the session cookie is
+/// the default `__Host-cloakroom`).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// Our cookie's new value, if the response set one.
+    pub cookie: Option<String>,
+    /// The app's answer: the user it was told about, or `anon`.
+    pub body: String,
+}
+
+/// GET `path` over a new client connection (so that requests spread over the workers).
+pub async fn get(proxy: &TestProxy, path: &str, cookie: Option<&str>) -> Reply {
+    let mut request = proxy.client_h1().get(proxy.url(path));
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", format!("{COOKIE}={cookie}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let cookie = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{COOKIE}=")))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+        .filter(|v| !v.is_empty());
+    let body = response.text().await.unwrap();
+    Reply {
+        status,
+        cookie,
+        body,
+    }
+}
+
+/// Starts a session and logs it in as `user`; returns the login's cookie.
+pub async fn login(proxy: &TestProxy, user: &str) -> String {
+    let first = get(proxy, "/", None).await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    let anon = first.cookie.expect("a new session sets a cookie");
+    let login = get(proxy, &format!("/login?user={user}"), Some(&anon)).await;
+    assert_eq!(login.status, StatusCode::OK, "{login:?}");
+    login.cookie.expect("a login sets a fresh cookie")
 }

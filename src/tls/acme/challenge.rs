@@ -49,7 +49,7 @@ impl Challenges {
         let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         // Not `CertifiedKey::from_der`: its key check parses the certificate with webpki,
         // which refuses the critical acmeIdentifier extension it does not know.
-        let signing_key = super::super::provider()
+        let signing_key = crate::tls::crypto::provider()
             .key_provider
             .load_private_key(der)
             .map_err(|e| e.to_string())?;

@@ -37,7 +37,7 @@ impl Bundle {
         let not_after = parsed.validity().not_after.timestamp();
         let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
             .map_err(|e| format!("bad private key PEM: {e}"))?;
-        let key = CertifiedKey::from_der(chain, der, &super::super::provider())
+        let key = CertifiedKey::from_der(chain, der, &crate::tls::crypto::provider())
             .map_err(|e| format!("the certificate and key do not match: {e}"))?;
         Ok(Bundle {
             pem,

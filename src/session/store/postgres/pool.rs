@@ -279,7 +279,7 @@ async fn tls_connector(
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    let provider = Arc::new(crate::tls::provider());
+    let provider = Arc::new(crate::tls::crypto::provider());
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::backend("TLS setup", e))?
