@@ -193,6 +193,28 @@ impl From<&Session> for SessionInfo {
     }
 }
 
+/// A by-user index read back with its sessions (`None`: gone or no longer that user's):
+/// the members to drop from the index, and the live sessions to list. For the stores
+/// that keep the index as an item of its own beside the sessions (Redis, Memcached).
+pub(crate) fn read_index(
+    members: &[(String, Option<Session>)],
+    now: u64,
+    expiry: Expiry,
+) -> (Vec<&str>, Vec<SessionInfo>) {
+    let stale = members
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .map(|(r, _)| r.as_str())
+        .collect();
+    let live = members
+        .iter()
+        .filter_map(|(_, session)| session.as_ref())
+        .filter(|s| expiry.allows(s.created, s.last_seen, now))
+        .map(SessionInfo::from)
+        .collect();
+    (stale, live)
+}
+
 /// A session store failed. `Debug` redacts like `Display` (a `?error` in a log line
 /// shows no password either).
 #[derive(thiserror::Error)]

@@ -479,18 +479,9 @@ impl SessionIndex for MemcachedStore {
         expiry: Expiry,
     ) -> Result<Vec<SessionInfo>, StoreError> {
         let members = self.sessions_of(user).await?;
-        let stale: Vec<&str> = members
-            .iter()
-            .filter(|(_, s)| s.is_none())
-            .map(|(r, _)| r.as_str())
-            .collect();
+        let (stale, live) = super::read_index(&members, now, expiry);
         self.unindex(user, &stale).await;
-        Ok(members
-            .iter()
-            .filter_map(|(_, session)| session.as_ref())
-            .filter(|s| expiry.allows(s.created, s.last_seen, now))
-            .map(SessionInfo::from)
-            .collect())
+        Ok(live)
     }
 
     async fn count(&self) -> Result<usize, StoreError> {
