@@ -95,6 +95,14 @@ fn exptime(ms: u64) -> i64 {
     wire::exptime(ms, crate::clock::unix_ms())
 }
 
+/// When an item whose own expiry is not read here goes by itself, at the latest: no
+/// lifetime is longer than 400 days (`config::validate`'s cap). What a failed delete
+/// keeps retrying until ([`leftovers`]).
+fn expiry_unknown() -> u64 {
+    const LONGEST_MS: u64 = 400 * 24 * 3600 * 1000;
+    crate::clock::unix_ms().saturating_add(LONGEST_MS)
+}
+
 impl MemcachedStore {
     /// Sets up the store for `config` without connecting: the proxy starts while
     /// Memcached is down and serves session routes once it answers.
@@ -401,7 +409,7 @@ impl SessionStore for MemcachedStore {
         // The user's index and the public-id mapping keep a stale member, dropped on
         // use: one round trip for a logout.
         let key = self.keys.session_key(token);
-        let until = crate::clock::unix_ms().saturating_add(400 * 24 * 3600 * 1000);
+        let until = expiry_unknown();
         self.delete("destroy", key, until).await.map(|_| ())
     }
 
@@ -418,7 +426,7 @@ impl SessionStore for MemcachedStore {
 impl SessionIndex for MemcachedStore {
     async fn destroy_user(&self, user: &str) -> Result<usize, StoreError> {
         let members = self.sessions_of(user).await?;
-        let until = crate::clock::unix_ms().saturating_add(400 * 24 * 3600 * 1000);
+        let until = expiry_unknown();
         let ends = members
             .iter()
             .filter(|(_, s)| s.is_some())
@@ -464,7 +472,7 @@ impl SessionIndex for MemcachedStore {
         else {
             return Ok(false);
         };
-        let until = crate::clock::unix_ms().saturating_add(400 * 24 * 3600 * 1000);
+        let until = expiry_unknown();
         let existed = self.delete("destroy", session_key, until).await?;
         if let Some(user) = session.user() {
             self.unindex(user, &[reference]).await;
